@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb 2
 from __future__ import annotations
-import dataclasses, json, re
+import dataclasses, json, re, zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -16,7 +16,8 @@ from .core import resolve_path
 # %% auto 0
 __all__ = ['T_CONTEXT', 'T_TOTAL', 'N_FEATURES', 'MONKEYS', 'mask_future', 'Session', 'Monkey', 'register_monkey', 'get_monkey',
            'add_session', 'load_registry', 'check_array', 'load_npz', 'save_npz', 'find_sessions', 'session_path',
-           'load_split', 'has_real_data']
+           'load_split', 'has_real_data', 'Stats', 'compute_stats', 'normalize', 'denormalize_lmp', 'split_indices',
+           'make_splits', 'MonkeyData', 'load_monkey', 'Batch', 'DeviceBatcher', 'SessionRouter']
 
 # %% ../nbs/01_data.ipynb
 T_CONTEXT, T_TOTAL = 10, 20   # bins 0-9 are context, 10-19 are forecast
@@ -176,3 +177,143 @@ def load_split(data_dir: str | Path, monkey: str, split: str = 'train') -> dict[
 def has_real_data(data_dir: str | Path, monkey: str) -> bool:
     "True when the main-day training file of `monkey` lies in `data_dir` (not in its `synthetic/` folder)."
     return _find(resolve_path(data_dir), 'train', get_monkey(monkey).main.train_file) is not None
+
+# %% ../nbs/01_data.ipynb
+@dataclasses.dataclass
+class Stats:
+    "Per-channel, per-feature mean and std of one session's training trials."
+    mean: np.ndarray   # (C, F)
+    std: np.ndarray    # (C, F), zero variance replaced by 1
+
+    def to_dict(self) -> dict: return {'mean': self.mean.tolist(), 'std': self.std.tolist()}
+    @classmethod
+    def from_dict(cls, d: dict) -> Stats: return cls(np.asarray(d['mean'], np.float32), np.asarray(d['std'], np.float32))
+
+def compute_stats(x: np.ndarray) -> Stats:
+    "Mean and std over trials and time of `x` (N, 20, C, F), in float64 then stored as float32."
+    x = np.asarray(x, np.float64)
+    mean, std = x.mean((0, 1)), x.std((0, 1))
+    std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1.0), std, 1.0)
+    return Stats(mean.astype(np.float32), std.astype(np.float32))
+
+def _like(a: np.ndarray, x):
+    return torch.as_tensor(a, dtype=x.dtype, device=x.device) if isinstance(x, torch.Tensor) else a
+
+def normalize(x, stats: Stats, scale: float = 4.0):
+    "$(x - \\mu) / (4\\sigma)$ for `x` (..., C, F), NumPy or torch."
+    return (x - _like(stats.mean, x)) / (scale * _like(stats.std, x))
+
+def denormalize_lmp(y, stats: Stats, scale: float = 4.0):
+    "Inverse of `normalize` on LMP (feature 0) predictions `y` (..., C)."
+    return y * (scale * _like(stats.std[:, 0], y)) + _like(stats.mean[:, 0], y)
+
+# %% ../nbs/01_data.ipynb
+def split_indices(n: int, frac: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    "Sorted (train, validation) trial indices of `n` trials, `round(frac*n)` (at least 1 when `frac > 0` and n > 1) held out."
+    if not 0 <= frac < 1: raise ValueError(f"validation fraction must be in [0, 1), found {frac}")
+    n_val = 0 if frac == 0 or n < 2 else max(1, int(round(frac * n)))
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+def make_splits(sizes: dict[str, int], main_key: str, val_frac: float = 0.1, cross_val_frac: float = 0.2,
+                seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    "Per-session (train, validation) indices; the main day holds out `val_frac`, later days `cross_val_frac`."
+    out = {}
+    for i, (k, n) in enumerate(sizes.items()):
+        # each session gets its own stream, so adding a day never changes another day's split
+        out[k] = split_indices(n, val_frac if k == main_key else cross_val_frac, seed=[seed, zlib.crc32(k.encode())])
+    return out
+
+# %% ../nbs/01_data.ipynb
+@dataclasses.dataclass
+class MonkeyData:
+    "Training and validation trials of one monkey, per session (main day first), with training-only statistics."
+    monkey: str
+    train: dict[str, np.ndarray]                      # raw (n, 20, C, 9)
+    val: dict[str, np.ndarray]                        # raw held-out trials
+    stats: dict[str, Stats]                           # from `train` only
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]  # indices into each session file
+    source: Path | None = None
+
+    @property
+    def keys(self) -> list[str]: return list(self.train)
+    @property
+    def n_channels(self) -> int: return get_monkey(self.monkey).n_channels
+    def kind(self, key: str) -> str: return get_monkey(self.monkey).session(key).kind
+
+def load_monkey(data_dir: str | Path, monkey: str, val_frac: float = 0.1, cross_val_frac: float = 0.2,
+                split_seed: int = 0) -> MonkeyData:
+    "Load, split and summarise the training sessions of `monkey` in `data_dir`."
+    m = get_monkey(monkey)
+    arrays = load_split(data_dir, monkey, 'train')
+    splits = make_splits({k: len(v) for k, v in arrays.items()}, m.main.key, val_frac, cross_val_frac, split_seed)
+    train = {k: arrays[k][splits[k][0]] for k in arrays}
+    val = {k: arrays[k][splits[k][1]] for k in arrays}
+    return MonkeyData(m.name, train, val, {k: compute_stats(v) for k, v in train.items()}, splits, resolve_path(data_dir))
+
+# %% ../nbs/01_data.ipynb
+@dataclasses.dataclass
+class Batch:
+    x: torch.Tensor        # (B, 20, C, F) normalised input, bins 10-19 masked
+    y: torch.Tensor        # (B, 20, C) normalised true LMP (bins 10-19 are the target)
+    session: torch.Tensor  # (B,) session index
+
+class DeviceBatcher:
+    "Shuffled batches of every session's trials, kept and masked on `device`."
+    def __init__(self, arrays: dict[str, np.ndarray], # per-session trials (n, 20, C, F), already normalised
+                 batch_size: int, device: str | torch.device = 'cpu', seed: int = 0, shuffle: bool = True, drop_last: bool = False):
+        if batch_size < 1: raise ValueError(f"batch_size must be >= 1, found {batch_size}")
+        self.keys = list(arrays)
+        self.device, self.batch_size, self.shuffle, self.drop_last = torch.device(device), batch_size, shuffle, drop_last
+        self.x = torch.cat([torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in arrays.values()]).to(self.device)
+        self.session = torch.cat([torch.full((len(a),), i, dtype=torch.long) for i, a in enumerate(arrays.values())]).to(self.device)
+        self.gen = torch.Generator(device=self.device); self.gen.manual_seed(seed)
+
+    def __len__(self) -> int:
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.x)
+        order = torch.randperm(n, generator=self.gen, device=self.device) if self.shuffle else torch.arange(n, device=self.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            xb = self.x[idx]
+            yield Batch(mask_future(xb), xb[..., 0], self.session[idx])
+
+    def state_dict(self) -> dict: return {'gen': self.gen.get_state()}
+    def load_state_dict(self, d: dict): self.gen.set_state(d['gen'])
+
+# %% ../nbs/01_data.ipynb
+class SessionRouter:
+    "Nearest-centroid day classifier on context-LMP statistics of raw trials."
+    def __init__(self, keys: Sequence[str]): self.keys = list(keys)
+
+    @staticmethod
+    def features(x) -> np.ndarray:
+        "Per-trial features (N, 2C): context mean and log-std of LMP per channel."
+        x = np.asarray(x[:, :T_CONTEXT, :, 0], np.float64)
+        return np.concatenate([x.mean(1), np.log(x.std(1) + 1e-3)], 1)
+
+    def fit(self, arrays: dict[str, np.ndarray]) -> SessionRouter:
+        "Fit on raw training trials per session (keys in this router's order)."
+        f = {k: self.features(arrays[k]) for k in self.keys}
+        allf = np.concatenate(list(f.values()))
+        self.mu, self.sd = allf.mean(0), allf.std(0) + 1e-6
+        self.centroids = np.stack([((f[k] - self.mu) / self.sd).mean(0) for k in self.keys])
+        return self
+
+    def predict(self, x) -> np.ndarray:
+        "Session index of each trial of raw `x` (N, 20, C, F)."
+        z = (self.features(x) - self.mu) / self.sd
+        return ((z[:, None] - self.centroids[None]) ** 2).sum(-1).argmin(1)
+
+    def predict_file(self, x) -> int:
+        "The majority session index of a whole file."
+        return int(np.bincount(self.predict(x), minlength=len(self.keys)).argmax())
+
+    def state_dict(self) -> dict: return {'keys': self.keys, 'mu': self.mu.tolist(), 'sd': self.sd.tolist(), 'centroids': self.centroids.tolist()}
+    @classmethod
+    def from_state_dict(cls, d: dict) -> SessionRouter:
+        r = cls(d['keys']); r.mu, r.sd, r.centroids = (np.asarray(d[k]) for k in ('mu', 'sd', 'centroids'))
+        return r
