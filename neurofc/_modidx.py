@@ -76,4 +76,12 @@ d = { 'settings': { 'branch': 'main',
                               'neurofc.data.register_monkey': ('data.html#register_monkey', 'neurofc/data.py'),
                               'neurofc.data.save_npz': ('data.html#save_npz', 'neurofc/data.py'),
                               'neurofc.data.session_path': ('data.html#session_path', 'neurofc/data.py'),
-                              'neurofc.data.split_indices': ('data.html#split_indices', 'neurofc/data.py')}}}
+                              'neurofc.data.split_indices': ('data.html#split_indices', 'neurofc/data.py')},
+            'neurofc.losses': { 'neurofc.losses._reduce': ('losses.html#_reduce', 'neurofc/losses.py'),
+                                'neurofc.losses._window': ('losses.html#_window', 'neurofc/losses.py'),
+                                'neurofc.losses.forecast_huber': ('losses.html#forecast_huber', 'neurofc/losses.py'),
+                                'neurofc.losses.forecast_mse': ('losses.html#forecast_mse', 'neurofc/losses.py'),
+                                'neurofc.losses.mmd2': ('losses.html#mmd2', 'neurofc/losses.py'),
+                                'neurofc.losses.mmd_loss': ('losses.html#mmd_loss', 'neurofc/losses.py'),
+                                'neurofc.losses.spectral_loss': ('losses.html#spectral_loss', 'neurofc/losses.py'),
+                                'neurofc.losses.variance_weights': ('losses.html#variance_weights', 'neurofc/losses.py')}}}
