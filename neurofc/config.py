@@ -11,7 +11,7 @@ from .core import Config
 from .data import get_monkey
 
 # %% auto 0
-__all__ = ['PHASES', 'MODELS', 'PHASE_DEFAULTS', 'QUICK', 'RunConfig', 'phase_config']
+__all__ = ['PHASES', 'MODELS', 'PHASE_DEFAULTS', 'MODEL_DEFAULTS', 'QUICK', 'RunConfig', 'phase_config']
 
 # %% ../nbs/05_config.ipynb
 PHASES = ('paper', 'compete', 'reference')
@@ -67,7 +67,9 @@ class RunConfig(Config):
     scale_aug: float = 0.0              # std of per-channel multiplicative scale
     channel_dropout: float = 0.0        # probability of zeroing a channel
     phase_aug: float = 0.0              # max phase perturbation (radians) of context-only FFT
+    ridge_alpha: float = 1.0            # ridge baseline's penalty (normalised units)
     snapshots: int = 0                  # snapshot-ensemble members (at cosine cycle minima)
+    predictor: Literal['best', 'ema', 'snapshots', 'snapshots+ema', 'snapshots+best+ema'] = 'best'  # what forecasts: averaged members
     # --- data
     val_frac: float = 0.1
     cross_val_frac: float = 0.2
@@ -96,6 +98,8 @@ class RunConfig(Config):
             if getattr(self, name) < 0: raise ValueError(f"{name} must be >= 0, found {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1: raise ValueError(f"ema_decay must be in [0, 1), found {self.ema_decay}")
         if self.batch_size is not None and self.batch_size < 1: raise ValueError(f"batch_size must be >= 1, found {self.batch_size}")
+        if 'ema' in self.predictor and self.ema_decay == 0:
+            raise ValueError(f"predictor {self.predictor!r} needs EMA weights: set ema_decay > 0")
         if self.snapshots and self.scheduler != 'cosine':
             raise ValueError(f"snapshots ({self.snapshots}) are taken at cosine cycle minima: they need scheduler='cosine', found {self.scheduler!r}")
 
@@ -114,12 +118,22 @@ _COMPETE = dict(hidden=128, heads=4, layers=2, d_ff=512, dropout=0.1, optimizer=
                 scheduler='cosine', t0=60, warmup=10, epochs=300, patience=40, val_every=5, adaptor=False,
                 feature_pathways=True, channel_attention=True, channel_heads=4, session_embedding=True, revin=True,
                 mmd_weight=0.05, spectral_weight=0.1, loss='huber', ema_decay=0.999, mixup_alpha=0.3,
-                jitter=0.01, scale_aug=0.05, channel_dropout=0.05, phase_aug=0.1, snapshots=5)
+                jitter=0.01, scale_aug=0.05, channel_dropout=0.05, phase_aug=0.1, snapshots=5,
+                predictor='snapshots+ema')
 _REFERENCE = dict(hidden=64, heads=1, layers=1, d_ff=256, dropout=0.0, optimizer='adamw', lr=5e-4, weight_decay=1e-4,
                   scheduler='cosine', t0=60, warmup=10, epochs=300, patience=40, val_every=5, adaptor=False,
                   ema_decay=0.999, mixup_alpha=0.15, jitter=0.01, scale_aug=0.05, channel_dropout=0.05, phase_aug=0.1,
-                  channel_weight='variance', channel_weight_clamp=10.0)
+                  channel_weight='variance', channel_weight_clamp=10.0, predictor='ema')
 PHASE_DEFAULTS = {'paper': {}, 'compete': _COMPETE, 'reference': _REFERENCE}
+
+_PLAIN = dict(dropout=0.0, adaptor=False, feature_pathways=False, channel_attention=False, session_embedding=False,
+              revin=False, loss='mse', mmd_weight=0.0, spectral_weight=0.0, channel_weight='none', ema_decay=0.0,
+              mixup_alpha=0.0, jitter=0.0, scale_aug=0.0, channel_dropout=0.0, phase_aug=0.0, snapshots=0, predictor='best')
+# baselines ignore the phase: the official example's GRU (hidden 256, 1 layer, Adam 1e-3, MSE); closed-form ones run one epoch
+MODEL_DEFAULTS = {'gru': dict(_PLAIN, hidden=256, heads=1, layers=1, optimizer='adam', lr=1e-3, weight_decay=0.0,
+                              scheduler='none', epochs=100, patience=20, val_every=5),
+                  'ridge': dict(_PLAIN, scheduler='none', epochs=1, val_every=1),
+                  'persistence': dict(_PLAIN, scheduler='none', epochs=1, val_every=1)}
 
 QUICK = dict(hidden=32, d_ff=64, epochs=6, patience=6, val_every=2, t0=3, warmup=1, step_size=2, snapshots=0)
 
@@ -127,6 +141,10 @@ def phase_config(phase: str, monkey: str = 'beignet', quick: bool = False, **ove
     "The named phase's configuration for `monkey`, shrunk for a smoke run when `quick`, then `overrides` applied."
     if phase not in PHASES: raise ValueError(f"Unknown phase {phase!r}; known phases: {list(PHASES)}")
     RunConfig._check_keys(overrides, 'overrides')
-    base = {**PHASE_DEFAULTS[phase], 'phase': phase, 'monkey': monkey}
-    if quick: base.update(QUICK, heads=min(base.get('heads', 1), 2), channel_heads=2)
+    model = overrides.get('model', 'amag')
+    if model not in MODELS: raise ValueError(f"Unknown model {model!r}; known models: {list(MODELS)}")
+    base = {**PHASE_DEFAULTS[phase], **MODEL_DEFAULTS.get(model, {}), 'phase': phase, 'monkey': monkey}
+    if quick:
+        base.update(QUICK, heads=min(base.get('heads', 1), 2), channel_heads=2)
+        if model != 'amag': base.update(hidden=MODEL_DEFAULTS[model].get('hidden', 64), epochs=min(MODEL_DEFAULTS[model]['epochs'], QUICK['epochs']))
     return RunConfig(**{**base, **overrides})
