@@ -74,6 +74,7 @@ class RunConfig(Config):
     val_frac: float = 0.1
     cross_val_frac: float = 0.2
     split_seed: int = 0                 # the split never depends on the run's seed
+    train_limit: int | None = None      # use at most this many training trials per day (quick runs); None = all
     # --- engine
     amp: bool = True                    # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False
@@ -97,6 +98,7 @@ class RunConfig(Config):
                      'grad_clip', 'warmup', 'patience', 'snapshots', 'cooldown_s', 'eta_min'):
             if getattr(self, name) < 0: raise ValueError(f"{name} must be >= 0, found {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1: raise ValueError(f"ema_decay must be in [0, 1), found {self.ema_decay}")
+        if self.train_limit is not None and self.train_limit < 1: raise ValueError(f"train_limit must be >= 1, found {self.train_limit}")
         if self.batch_size is not None and self.batch_size < 1: raise ValueError(f"batch_size must be >= 1, found {self.batch_size}")
         if 'ema' in self.predictor and self.ema_decay == 0:
             raise ValueError(f"predictor {self.predictor!r} needs EMA weights: set ema_decay > 0")
@@ -135,7 +137,7 @@ MODEL_DEFAULTS = {'gru': dict(_PLAIN, hidden=256, heads=1, layers=1, optimizer='
                   'ridge': dict(_PLAIN, scheduler='none', epochs=1, val_every=1),
                   'persistence': dict(_PLAIN, scheduler='none', epochs=1, val_every=1)}
 
-QUICK = dict(hidden=32, d_ff=64, epochs=6, patience=6, val_every=2, t0=3, warmup=1, step_size=2, snapshots=0)
+QUICK = dict(hidden=32, d_ff=64, epochs=6, patience=6, val_every=2, t0=3, warmup=1, step_size=2, snapshots=2, train_limit=160)
 
 def phase_config(phase: str, monkey: str = 'beignet', quick: bool = False, **overrides) -> RunConfig:
     "The named phase's configuration for `monkey`, shrunk for a smoke run when `quick`, then `overrides` applied."
@@ -145,6 +147,6 @@ def phase_config(phase: str, monkey: str = 'beignet', quick: bool = False, **ove
     if model not in MODELS: raise ValueError(f"Unknown model {model!r}; known models: {list(MODELS)}")
     base = {**PHASE_DEFAULTS[phase], **MODEL_DEFAULTS.get(model, {}), 'phase': phase, 'monkey': monkey}
     if quick:
-        base.update(QUICK, heads=min(base.get('heads', 1), 2), channel_heads=2)
+        base.update(QUICK, heads=min(base.get('heads', 1), 2), channel_heads=2, snapshots=QUICK['snapshots'] if base.get('snapshots') else 0)
         if model != 'amag': base.update(hidden=MODEL_DEFAULTS[model].get('hidden', 64), epochs=min(MODEL_DEFAULTS[model]['epochs'], QUICK['epochs']))
     return RunConfig(**{**base, **overrides})

@@ -196,8 +196,9 @@ def compute_stats(x: np.ndarray) -> Stats:
     std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1.0), std, 1.0)
     return Stats(mean.astype(np.float32), std.astype(np.float32))
 
-def _like(a: np.ndarray, x):
+def _like(a, x):
     return torch.as_tensor(a, dtype=x.dtype, device=x.device) if isinstance(x, torch.Tensor) else a
+
 
 def normalize(x, stats: Stats, scale: float = 4.0):
     "$(x - \\mu) / (4\\sigma)$ for `x` (..., C, F), NumPy or torch."
@@ -205,7 +206,7 @@ def normalize(x, stats: Stats, scale: float = 4.0):
 
 def denormalize_lmp(y, stats: Stats, scale: float = 4.0):
     "Inverse of `normalize` on LMP (feature 0) predictions `y` (..., C)."
-    return y * (scale * _like(stats.std[:, 0], y)) + _like(stats.mean[:, 0], y)
+    return y * (scale * _like(stats.std[..., 0], y)) + _like(stats.mean[..., 0], y)
 
 # %% ../nbs/01_data.ipynb
 def split_indices(n: int, frac: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

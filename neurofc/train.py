@@ -19,9 +19,9 @@ from .config import RunConfig, phase_config
 from .losses import forecast_mse, forecast_huber, mmd_loss, spectral_loss, variance_weights
 
 # %% auto 0
-__all__ = ['MODEL_BUILDERS', 'lr_factor', 'is_cycle_end', 'EMA', 'augment', 'mixup', 'Forecaster', 'raw_mse', 'score_sessions',
-           'persistence', 'run_name', 'atomic_save', 'environment', 'prepare_run_dir', 'build_model', 'fit',
-           'members_of', 'load_run', 'finish_run', 'train_seeds']
+__all__ = ['MODEL_BUILDERS', 'lr_factor', 'is_cycle_end', 'EMA', 'augment', 'mixup', 'Forecaster', 'context_stats', 'raw_mse',
+           'score_sessions', 'persistence', 'run_name', 'atomic_save', 'environment', 'prepare_run_dir', 'build_model',
+           'fit', 'members_of', 'load_run', 'finish_run', 'train_seeds']
 
 # %% ../nbs/07_train.ipynb
 def lr_factor(cfg: RunConfig, epoch: float) -> float:
@@ -90,10 +90,12 @@ def mixup(x, y, session, alpha: float, gen: torch.Generator | None = None):
 class Forecaster:
     "Ensemble of trained models with per-day normalisation and day routing; raw units in and out."
     def __init__(self, models: list[nn.Module], stats: dict[str, Stats], router: SessionRouter,
-                 device: str | torch.device = 'cpu', batch_size: int = 64, use_session: bool = True):
+                 device: str | torch.device = 'cpu', batch_size: int = 64, use_session: bool = True,
+                 norm: str = 'session'): # 'session': the day's training statistics; 'context': each trial's own context
+        if norm not in ('session', 'context'): raise ValueError(f"Unknown norm {norm!r}; expected 'session' or 'context'")
         self.models = [m.to(device).eval() for m in models]
         self.stats, self.router, self.keys = stats, router, router.keys
-        self.device, self.batch_size, self.use_session = torch.device(device), batch_size, use_session
+        self.device, self.batch_size, self.use_session, self.norm = torch.device(device), batch_size, use_session, norm
 
     @torch.no_grad()
     def predict(self, x: np.ndarray, session: int | None = None) -> np.ndarray:
@@ -104,13 +106,22 @@ class Forecaster:
         st = self.stats[self.keys[s]]
         out = []
         for i in range(0, len(x), self.batch_size):
-            xb = normalize(torch.from_numpy(x[i:i + self.batch_size]).to(self.device), st)
+            xr = torch.from_numpy(x[i:i + self.batch_size]).to(self.device)
+            tb = context_stats(xr) if self.norm == 'context' else st
+            xb = normalize(xr, tb)
             sid = torch.full((len(xb),), s, device=self.device) if self.use_session else None
             yb = torch.stack([m(mask_future(xb), session=sid) for m in self.models]).float().mean(0)
-            out.append(denormalize_lmp(yb, st).cpu())
+            out.append(denormalize_lmp(yb, tb).cpu())
         y = torch.cat(out).numpy()
         y[:, :T_CONTEXT] = x[:, :T_CONTEXT, :, 0]
         return y
+
+def context_stats(x: torch.Tensor) -> Stats:
+    "Test-time normalisation: per-trial statistics of the context bins, shaped to broadcast over (B, T, C, F)."
+    ctx = x[:, :T_CONTEXT].double()
+    mean, std = ctx.mean(1, keepdim=True), ctx.std(1, unbiased=False, keepdim=True)
+    std = torch.where(std > 1e-6 * mean.abs().clamp(min=1.0), std, torch.ones_like(std))
+    return Stats(mean.to(x.dtype), std.to(x.dtype))
 
 def raw_mse(pred: np.ndarray, truth: np.ndarray) -> float:
     "The challenge's metric on one file: MSE over trials, bins 10-19 and channels, raw units."
@@ -197,6 +208,7 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
         resume: bool = False, progress: bool = True, callback=None) -> dict:
     "Train `cfg` on `data` into `run_dir`; returns the final metrics (also in `metrics.json`)."
     run_dir, dev = resolve_path(run_dir), get_device(device)
+    if cfg.train_limit: data = dataclasses.replace(data, train={k: v[:cfg.train_limit] for k, v in data.train.items()})
     has_ckpt = prepare_run_dir(run_dir, cfg, resume)
     seed_everything(seed)
     if dev.type == 'cuda': torch.backends.cudnn.benchmark = True
@@ -239,7 +251,7 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
     def validate(m):
         return score_sessions(Forecaster([m], data.stats, router, dev, use_session=cfg.session_embedding).predict, data.val, main)
 
-    t_start, n_steps = time.time(), len(batcher)
+    n_steps = len(batcher)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -250,9 +262,9 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
         for i, b in enumerate(batcher):
             if opt:
                 for g in opt.param_groups: g['lr'] = cfg.lr * lr_factor(cfg, epoch + i / n_steps)
-            x, y, s = augment(b.x, b.y, cfg) if cfg.model == 'amag' else (b.x, b.y)
-            if cfg.mixup_alpha > 0: x, y, s = mixup(x, y, b.session, cfg.mixup_alpha)
-            else: s = b.session
+            x, y, s = b.x, b.y, b.session
+            if cfg.jitter or cfg.scale_aug or cfg.channel_dropout or cfg.phase_aug: x, y = augment(x, y, cfg)
+            if cfg.mixup_alpha > 0: x, y, s = mixup(x, y, s, cfg.mixup_alpha)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
                 want_h = cfg.mmd_weight > 0
                 out = model(x, session=s if cfg.session_embedding else None, **({'return_hidden': True} if want_h else {}))
@@ -296,7 +308,7 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
         if callback: callback(epoch, row)
         if stop: break
     if bar: bar.close()
-    metrics = finish_run(cfg, data, run_dir, dev, state, time.time() - t_start, sum(p.numel() for p in model.parameters()))
+    metrics = finish_run(cfg, data, run_dir, dev, state, seed, sum(p.numel() for p in model.parameters()))
     state['done'] = True; save_last()
     return metrics
 
@@ -335,7 +347,7 @@ def load_run(run_dir: str | Path, device: str = 'cpu', members: list[str] | None
     f.members, f.cfg, f.run_dir = members, cfg, run_dir
     return f
 
-def finish_run(cfg, data, run_dir, dev, state, seconds, n_params) -> dict:
+def finish_run(cfg, data, run_dir, dev, state, seed, n_params) -> dict:
     "Score every member and the configured predictor on validation; write `metrics.json`."
     main = data.keys[0]
     all_members = [n for n in ['best.pt', 'ema_best.pt', *state['snapshots']] if (run_dir / n).exists()]
@@ -343,7 +355,7 @@ def finish_run(cfg, data, run_dir, dev, state, seconds, n_params) -> dict:
     chosen = members_of(cfg, run_dir)
     val = by_member[chosen[0]] if len(chosen) == 1 else score_sessions(load_run(run_dir, dev, chosen).predict, data.val, main)
     synthetic = data.source is not None and (Path(data.source) / f'synthetic_{cfg.monkey}.json').exists()
-    metrics = dict(run=run_dir.name, monkey=cfg.monkey, phase=cfg.phase, model=cfg.model, seed=int(run_dir.name.rsplit('seed', 1)[-1]),
+    metrics = dict(run=run_dir.name, monkey=cfg.monkey, phase=cfg.phase, model=cfg.model, seed=seed,
                    data=str(data.source), synthetic=synthetic, members=chosen, val=val, val_by_member=by_member,
                    persistence=score_sessions(persistence, data.val, main), epochs_run=state['epoch'],
                    best_epoch=state['best_epoch'], stopped_early=bool(state.get('stopped_early', False)), n_params=int(n_params),
