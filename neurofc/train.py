@@ -193,6 +193,11 @@ def build_model(cfg: RunConfig, n_channels: int, n_sessions: int, n_features: in
     return MODEL_BUILDERS[cfg.model](cfg, n_channels, n_sessions, n_features, data)
 
 # %% ../nbs/07_train.ipynb
+def _fast_opt(dev: torch.device) -> dict:
+    "Fused optimiser kernels where this torch build has them (one kernel for all parameters), else foreach."
+    version = tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2])
+    return {'fused': True} if dev.type in ('cuda', 'cpu') and version >= (2, 4) else {'foreach': True}
+
 def _load(path: Path, device) -> dict: return torch.load(path, map_location=device, weights_only=True)
 
 def _thermal_pause(cfg: RunConfig, device: torch.device):
@@ -221,7 +226,7 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
     model = build_model(cfg, data.n_channels, len(keys), data.train[main].shape[-1], data).to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
     opt_cls = torch.optim.AdamW if cfg.optimizer == 'adamw' else torch.optim.Adam
-    opt = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
+    opt = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **_fast_opt(dev)) if params else None
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     batcher = DeviceBatcher({k: normalize(v, data.stats[k]) for k, v in data.train.items()}, cfg.batch, dev, seed=seed)
     weight = (variance_weights(torch.as_tensor(data.stats[main].std[:, 0].astype(np.float64) ** 2), cfg.channel_weight_clamp).float().to(dev)
