@@ -9,7 +9,7 @@ import sys
 from neurofc.synthetic import ensure_synthetic
 from neurofc.config import phase_config
 from neurofc.train import train_seeds
-cfg = phase_config('compete', 'beignet', quick=True, epochs=8, val_every=2, patience=100)
+cfg = phase_config('compete', 'beignet', quick=True, epochs=5, val_every=1, patience=100, train_limit=48, hidden=16, d_ff=32)
 train_seeds(cfg, ensure_synthetic({data!r}, 'beignet'), seeds=[3], runs_dir=sys.argv[1], device='cpu',
             resume=sys.argv[2] == 'resume', progress=False)
 """
@@ -26,8 +26,8 @@ def test_kill_and_resume(tmp_path):
     p = _run(script, tmp_path / 'cut', 'fresh')
     hist = tmp_path / 'cut' / 'beignet-compete-seed3' / 'history.csv'
     t0 = time.time()
-    while time.time() - t0 < 300:           # kill -9 once three epochs are on disk
-        if hist.exists() and len(hist.read_text().splitlines()) >= 4: break
+    while time.time() - t0 < 300:           # kill -9 once two epochs are on disk
+        if hist.exists() and len(hist.read_text().splitlines()) >= 3: break
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL); p.wait()
     assert not (tmp_path / 'cut' / 'beignet-compete-seed3' / 'metrics.json').exists(), 'killed too late'
@@ -39,4 +39,4 @@ def test_kill_and_resume(tmp_path):
     a = json.loads((tmp_path / 'ref' / 'beignet-compete-seed3' / 'metrics.json').read_text())
     b = json.loads((tmp_path / 'cut' / 'beignet-compete-seed3' / 'metrics.json').read_text())
     assert a['val'] == b['val'] and a['val_by_member'] == b['val_by_member']   # exactly equal on CPU
-    assert a['epochs_run'] == b['epochs_run'] == 8
+    assert a['epochs_run'] == b['epochs_run'] == 5

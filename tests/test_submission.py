@@ -1,0 +1,188 @@
+"""Codabench submission: export, the challenge's ingestion protocol in an isolated interpreter (where neurofc cannot be
+imported), scoring equal to `neurofc.evaluate`'s, bad inputs, N = 0 and N = 1, and the `neurofc export` command."""
+import ast, contextlib, io, json, os, sys, types, warnings, zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import neurofc.baselines  # registers the baselines' builders
+import neurofc.train
+from neurofc.cli import main
+from neurofc.config import phase_config
+from neurofc.data import get_monkey, load_npz, mask_future, save_npz, session_path
+from neurofc.evaluate import evaluate
+from neurofc.submission import (MANIFEST, challenge_test_files, export_submission, load_model_file, reference_predict,
+                                run_ingestion, score_predictions, zip_listing)
+from neurofc.synthetic import ensure_synthetic
+from neurofc.train import train_seeds
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(quick=True, epochs=1, t0=1, warmup=0, train_limit=8, hidden=8, d_ff=16, heads=2, channel_heads=2, batch_size=8)
+
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory):
+    "Synthetic challenge tree and cheap finished runs of both monkeys."
+    torch.set_num_threads(1)
+    w = tmp_path_factory.mktemp('submission')
+    data = ensure_synthetic(w / 'data', 'affi'); ensure_synthetic(w / 'data', 'beignet')
+    def train(cfg, seeds): return train_seeds(cfg, data, seeds, w / 'runs', 'cpu', progress=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        runs = {'affi-gru': train(phase_config('paper', 'affi', model='gru', quick=True, epochs=1, train_limit=16, hidden=16), [1, 2]),
+                'affi-ridge': train(phase_config('paper', 'affi', model='ridge'), [1]),
+                'beignet-compete': train(phase_config('compete', 'beignet', **TINY), [1, 2]),
+                'beignet-persistence': train(phase_config('paper', 'beignet', model='persistence'), [1])}
+    return types.SimpleNamespace(dir=w, data=data, runs=runs)
+
+
+def _mse(df, model, test_set):
+    return df[(df.model == model) & (df.test_set == test_set) & (df.metric == 'mse')].value.item()
+
+
+def _check_isolated(res, work):
+    "The ingestion interpreter could not import neurofc, saw only stdlib + torch/numpy + the appended folders, ran elsewhere."
+    assert res['neurofc_importable'] is False and res['neurofc_loaded'] is False
+    sub = str((work / 'submission').resolve())
+    assert res['sys_path'][-2:] == [res['output_dir'], sub]                      # appended, as ingestion.py does
+    assert all(p in res['site_packages'] or p.startswith(sys.base_prefix) for p in res['sys_path'][:-2]), res['sys_path']
+    assert Path(res['model_file']).resolve().parent == Path(sub)
+    assert Path(res['cwd']).resolve() not in (ROOT, Path(sub), Path.cwd().resolve())
+
+
+@pytest.mark.parametrize('affi,beignet,affi_label,beignet_label', [
+    ('affi-gru', 'beignet-compete', 'gru (2 seeds)', 'compete (2 seeds)'),              # multi-seed ensembles
+    ('affi-ridge', 'beignet-persistence', 'ridge seed1', 'persistence seed1')])         # single runs
+def test_ingestion_scores_equal_evaluate(world, tmp_path, affi, beignet, affi_label, beignet_label):
+    runs = {'affi': world.runs[affi], 'beignet': world.runs[beignet]}
+    z = export_submission(runs, tmp_path / 'sub')
+    res = run_ingestion(z, world.data, tmp_path / 'ingest', threads=1)
+    _check_isolated(res, tmp_path / 'ingest')
+    for name, r in res['files'].items():
+        assert r['shape'] == r['input_shape'][:3] and r['dtype'] == 'float32', (name, r)
+    scores = score_predictions(res['output_dir'], world.data)
+    assert list(scores) == ['affi', 'affi_private', 'beignet', 'beignet_private_1', 'beignet_private_2', 'total']
+    ev = {m: evaluate(ds, world.data, save=False) for m, ds in runs.items()}
+    expect = {n: _mse(ev['affi'], affi_label, n) for n in ('affi', 'affi_private')}
+    expect |= {n: _mse(ev['beignet'], beignet_label, n) for n in ('beignet', 'beignet_private_1', 'beignet_private_2')}
+    for n, v in expect.items(): assert scores[n] == pytest.approx(v, rel=1e-4), n
+    assert scores['total'] == pytest.approx(np.mean(list(expect.values())), rel=1e-4)
+    # the saved predictions: bins 0-9 are the masked input's context LMP
+    for monkey, files in challenge_test_files(world.data):
+        for name, path in files:
+            with np.load(Path(res['output_dir']) / f'test_{name}.predictions.npz') as f: pred = f['arr_0']
+            np.testing.assert_array_equal(pred[:, :10], load_npz(path)[:, :10, :, 0])
+
+
+def test_zip_layout_and_overwrite(world, tmp_path):
+    runs = {'affi': world.runs['affi-ridge'], 'beignet': world.runs['beignet-compete']}
+    z = export_submission(runs, tmp_path / 'sub')
+    assert z == tmp_path / 'sub.zip'
+    names = [n for n, _ in zip_listing(z)]
+    assert all('/' not in n for n in names) and 'requirements.txt' not in names        # flat, no requirements
+    assert sorted(names) == sorted(p.name for p in (tmp_path / 'sub').iterdir())       # no stray files (no __pycache__)
+    man = json.loads((tmp_path / 'sub' / MANIFEST).read_text())
+    assert [len(man['monkeys'][m]['runs']) for m in ('affi', 'beignet')] == [1, 2]
+    assert man['monkeys']['beignet']['runs'][0]['model'] == 'AMAG' and man['monkeys']['affi']['n_channels'] == 239
+    assert [len(r['members']) for r in man['monkeys']['beignet']['runs']] == [2, 2]    # snapshot + EMA per run
+    assert {f for m in man['monkeys'].values() for r in m['runs'] for f in (*r['members'], r['stats'], r['router'])} <= set(names)
+    src = (tmp_path / 'sub' / 'model.py').read_text()
+    for node in ast.walk(ast.parse(src)):                                              # no neurofc import of any form
+        if isinstance(node, ast.ImportFrom): assert node.level == 0 and not node.module.startswith('neurofc'), node.module
+        if isinstance(node, ast.Import): assert all(not a.name.startswith('neurofc') for a in node.names)
+    assert 'os.path.dirname(os.path.abspath(__file__))' in src
+    with pytest.raises(FileExistsError, match='pass overwrite=True'): export_submission(runs, tmp_path / 'sub')
+    (tmp_path / 'sub').rename(tmp_path / 'moved')                                      # the zip alone also blocks
+    with pytest.raises(FileExistsError, match='sub.zip already exist'): export_submission(runs, tmp_path / 'sub')
+    assert export_submission({'affi': world.runs['affi-ridge'], 'beignet': world.runs['beignet-persistence']},
+                             tmp_path / 'sub', overwrite=True) == z
+    assert json.loads((tmp_path / 'sub' / MANIFEST).read_text())['monkeys']['beignet']['runs'][0]['model'] == 'Persistence'
+    (tmp_path / 'other').mkdir(); (tmp_path / 'other' / 'notes.txt').write_text('mine')  # never deletes a non-submission
+    with pytest.raises(FileExistsError, match='does not look like a neurofc submission'):
+        export_submission(runs, tmp_path / 'other', overwrite=True)
+    assert (tmp_path / 'other' / 'notes.txt').exists()
+
+
+def test_export_refuses_bad_runs(world, tmp_path):
+    with pytest.raises(ValueError, match="runs given for 'beignet' are runs of 'affi'"):
+        export_submission({'beignet': world.runs['affi-ridge']}, tmp_path / 'x')
+    with pytest.raises(ValueError, match='different monkeys mixed'):
+        export_submission({'affi': world.runs['affi-ridge'] + world.runs['beignet-compete']}, tmp_path / 'x')
+    with pytest.warns(UserWarning, match=r"No runs for \['beignet'\]"):
+        export_submission({'affi': world.runs['affi-ridge']}, tmp_path / 'y')
+    assert not (tmp_path / 'x').exists() and not (tmp_path / 'x.zip').exists()
+
+
+def test_generated_model_inputs(world, tmp_path):
+    "The generated `model.py` (executed as a file): shape errors, N = 0, N = 1, batches, against neurofc's prediction."
+    runs = {'affi': world.runs['affi-gru'], 'beignet': world.runs['beignet-compete']}
+    export_submission(runs, tmp_path / 'sub')
+    gen = load_model_file(tmp_path / 'sub' / 'model.py')
+    assert not gen.Model.__module__.startswith('neurofc') and gen.Forecaster is not neurofc.train.Forecaster
+    for monkey, C, other in (('affi', 239, 89), ('beignet', 89, 239)):
+        m = gen.Model(monkey, root=str(tmp_path / 'sub'), batch_size=5)
+        m.load()
+        assert m.device.type == ('cuda' if torch.cuda.is_available() else 'cpu')
+        with pytest.raises(ValueError, match=f'expects {C} channels on axis 2, found {other}'): m.predict(np.zeros((2, 20, other, 9), np.float32))
+        with pytest.raises(ValueError, match=rf'expects an array of rank 4 \(N, 20, {C}, 9\), found rank 3'): m.predict(np.zeros((20, C, 9), np.float32))
+        with pytest.raises(ValueError, match=rf'rank 4 \(N, 20, {C}, 9\), found rank 5'): m.predict(np.zeros((1, 2, 20, C, 9), np.float32))
+        with pytest.raises(ValueError, match='expects 20 time bins on axis 1, found 10'): m.predict(np.zeros((2, 10, C, 9), np.float32))
+        with pytest.raises(ValueError, match='expects 9 features on axis 3, found 1'): m.predict(np.zeros((2, 20, C, 1), np.float32))
+        y0 = m.predict(np.zeros((0, 20, C, 9), np.float32))
+        assert y0.shape == (0, 20, C) and y0.dtype == np.float32
+        s = get_monkey(monkey).sessions[-1]
+        x = load_npz(session_path(world.data, s, 'test'))[:12]                  # 12 trials in batches of 5
+        for xs in (x[:1], x):
+            y = m.predict(xs)
+            assert isinstance(y, np.ndarray) and y.shape == (len(xs), 20, C) and y.dtype == np.float32
+            ref = reference_predict(runs[monkey], xs)
+            assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()
+            np.testing.assert_array_equal(y[:, :10], xs[:, :10, :, 0])
+        assert np.isfinite(m.predict(x.astype(np.float64))).all()               # float64 input is accepted
+    with pytest.raises(ValueError, match="no model for monkey 'zebra'"): gen.Model('zebra', root=str(tmp_path / 'sub')).load()
+    with pytest.raises(FileNotFoundError, match='manifest.json is missing'): gen.Model('affi', root=str(tmp_path)).load()
+
+
+def test_ingestion_edge_files(world, tmp_path):
+    "The protocol end to end on files of 1 and 0 trials."
+    z = export_submission({'affi': world.runs['affi-ridge'], 'beignet': world.runs['beignet-compete']}, tmp_path / 'sub')
+    edge = tmp_path / 'edge'
+    sizes = {'affi': 1, 'affi_private': 0, 'beignet': 0, 'beignet_private_1': 1, 'beignet_private_2': 1}
+    for monkey in ('affi', 'beignet'):
+        for s in get_monkey(monkey).sessions:
+            x = load_npz(session_path(world.data, s, 'test'))[:sizes[s.name]]
+            save_npz(edge / 'test' / s.test_file, x)
+    res = run_ingestion(z, edge, tmp_path / 'ingest', threads=1)
+    _check_isolated(res, tmp_path / 'ingest')
+    for name, n in sizes.items():
+        C = 239 if name.startswith('affi') else 89
+        with np.load(Path(res['output_dir']) / f'test_{name}.predictions.npz') as f: assert f['arr_0'].shape == (n, 20, C), name
+
+
+
+def test_cli_export(world, tmp_path):
+    d = world.dir / 'runs'
+    argv = ['export', '--affi', str(d / 'affi-ridge-seed*'), '--beignet', str(d / 'beignet-compete-seed*'), '--out', str(tmp_path / 'cli')]
+    with contextlib.redirect_stdout(io.StringIO()) as out: assert main(argv) == 0
+    assert 'model.py' in out.getvalue() and f"submission: {tmp_path / 'cli.zip'}" in out.getvalue()
+    man = json.loads((tmp_path / 'cli' / MANIFEST).read_text())
+    assert [r['run'] for r in man['monkeys']['beignet']['runs']] == ['beignet-compete-seed1', 'beignet-compete-seed2']
+    with contextlib.redirect_stderr(io.StringIO()) as err: assert main(argv) == 2
+    assert '--overwrite' in err.getvalue()
+    with contextlib.redirect_stdout(io.StringIO()): assert main(argv + ['--overwrite']) == 0
+
+
+@pytest.mark.slow
+def test_phase2_quick_runs_end_to_end(world, tmp_path):
+    "Quick Phase 2 AMAG runs of both monkeys through export, the isolated ingestion and scoring, against evaluate."
+    with contextlib.redirect_stdout(io.StringIO()):
+        runs = {m: train_seeds(phase_config('compete', m, quick=True, epochs=1, train_limit=32), world.data, [7], tmp_path / 'runs', 'cpu', progress=False)
+                for m in ('affi', 'beignet')}
+    res = run_ingestion(export_submission(runs, tmp_path / 'sub'), world.data, tmp_path / 'ingest', threads=1)
+    _check_isolated(res, tmp_path / 'ingest')
+    scores = score_predictions(res['output_dir'], world.data)
+    for m, ds in runs.items():
+        ev = evaluate(ds, world.data, save=False)
+        for name, _ in dict(challenge_test_files(world.data))[m]:
+            assert scores[name] == pytest.approx(_mse(ev, 'compete seed7', name), rel=1e-4), name
