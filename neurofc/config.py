@@ -137,7 +137,7 @@ MODEL_DEFAULTS = {'gru': dict(_PLAIN, hidden=256, heads=1, layers=1, optimizer='
                   'ridge': dict(_PLAIN, scheduler='none', epochs=1, val_every=1),
                   'persistence': dict(_PLAIN, scheduler='none', epochs=1, val_every=1)}
 
-QUICK = dict(hidden=32, d_ff=64, epochs=4, patience=4, val_every=2, t0=2, warmup=1, step_size=2, snapshots=2, train_limit=96)
+QUICK = dict(hidden=32, d_ff=64, epochs=4, patience=4, val_every=2, t0=2, warmup=1, step_size=2, snapshots=2, train_limit=64)
 
 def phase_config(phase: str, monkey: str = 'beignet', quick: bool = False, **overrides) -> RunConfig:
     "The named phase's configuration for `monkey`, shrunk for a smoke run when `quick`, then `overrides` applied."

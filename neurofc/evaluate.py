@@ -94,10 +94,15 @@ def _rows(label, group, seeds, members, preds, sets):
         if ts['oracle'] is not None: vals['oracle_ratio'] = mses[name] / challenge_mse(ts['oracle'], ts['truth'])
         rows += [dict(model=label, group=group, seeds=seeds, members=members, test_set=name, kind=ts['kind'], metric=k, value=v)
                  for k, v in vals.items()]
-    cross = [v for n, v in mses.items() if sets[n]['kind'] == 'cross-date']
-    same = [v for n, v in mses.items() if sets[n]['kind'] == 'same-day']
-    for name, kind, vals in [('total', 'all', list(mses.values())), ('same-day', 'same-day', same), ('cross-date', 'cross-date', cross)]:
-        if vals: rows.append(dict(model=label, group=group, seeds=seeds, members=members, test_set=name, kind=kind, metric='mse', value=float(np.mean(vals))))
+    oracle = {n: challenge_mse(ts['oracle'], ts['truth']) for n, ts in sets.items() if ts['oracle'] is not None}
+    for name, kind, names in [('total', 'all', list(mses)), ('same-day', 'same-day', [n for n in mses if sets[n]['kind'] == 'same-day']),
+                              ('cross-date', 'cross-date', [n for n in mses if sets[n]['kind'] == 'cross-date'])]:
+        if not names: continue
+        v = float(np.mean([mses[n] for n in names]))
+        rows.append(dict(model=label, group=group, seeds=seeds, members=members, test_set=name, kind=kind, metric='mse', value=v))
+        if len(oracle) == len(sets):
+            rows.append(dict(model=label, group=group, seeds=seeds, members=members, test_set=name, kind=kind, metric='oracle_ratio',
+                             value=v / float(np.mean([oracle[n] for n in names]))))
     return rows
 
 def evaluate(runs: str | Path | list, data_dir: str | Path, ensemble: bool = True, norm: str = 'session',
