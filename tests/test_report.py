@@ -43,4 +43,3 @@ def test_report_in_browser(report, tmp_path):
     r = subprocess.run([CHROMIUM, *FLAGS, f'--user-data-dir={profile}', '--window-size=1280,2400', f'--screenshot={shot}', report.as_uri()],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and shot.exists() and shot.stat().st_size > 50_000, r.stderr[-2000:]
-    shutil.copy(shot, ROOT / 'reports' / 'report-screenshot.png') if (ROOT / 'reports').exists() else None
