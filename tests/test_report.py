@@ -23,7 +23,7 @@ def report(tmp_path_factory):
 def test_report_html(report):
     html = report.read_text()
     assert 'SYNTHETIC data' in html                                   # the banner
-    assert len(re.findall(r'<img src="data:image/png;base64', html)) >= 5   # figures embedded
+    assert len(re.findall(r'<img[^>]*src="data:image/png;base64', html)) >= 5   # figures embedded
     for model in ['persistence seed0', 'ridge seed0', 'paper seed0', 'compete seed0', 'oracle']:
         assert model in html
     text = re.sub(r'<style.*?</style>|<script.*?</script>', '', html, flags=re.S)
