@@ -14,10 +14,11 @@ import torch
 from .core import resolve_path
 
 # %% auto 0
-__all__ = ['T_CONTEXT', 'T_TOTAL', 'N_FEATURES', 'MONKEYS', 'mask_future', 'Session', 'Monkey', 'register_monkey', 'get_monkey',
-           'add_session', 'load_registry', 'check_array', 'load_npz', 'save_npz', 'find_sessions', 'session_path',
-           'load_split', 'has_real_data', 'Stats', 'compute_stats', 'normalize', 'denormalize_lmp', 'split_indices',
-           'make_splits', 'MonkeyData', 'load_monkey', 'Batch', 'DeviceBatcher', 'SessionRouter']
+__all__ = ['T_CONTEXT', 'T_TOTAL', 'N_FEATURES', 'MONKEYS', 'mask_future', 'challenge_mse', 'Session', 'Monkey',
+           'register_monkey', 'get_monkey', 'add_session', 'load_registry', 'check_array', 'load_npz', 'save_npz',
+           'find_sessions', 'session_path', 'load_split', 'has_real_data', 'Stats', 'compute_stats', 'normalize',
+           'denormalize_lmp', 'split_indices', 'make_splits', 'MonkeyData', 'load_monkey', 'Batch', 'DeviceBatcher',
+           'SessionRouter']
 
 # %% ../nbs/01_data.ipynb
 T_CONTEXT, T_TOTAL = 10, 20   # bins 0-9 are context, 10-19 are forecast
@@ -32,6 +33,15 @@ def mask_future(x, context: int = T_CONTEXT):
     y = np.array(x, copy=True)
     y[:, context:] = y[:, context - 1:context]
     return y
+
+# %% ../nbs/01_data.ipynb
+def challenge_mse(pred: np.ndarray, # forecast (N, 20, C), raw units
+                  truth: np.ndarray, # truth (N, 20, C) or full trials (N, 20, C, F) (feature 0 is LMP)
+                 ) -> float:
+    "The challenge's per-file score: MSE over trials, bins 10-19 and channels."
+    truth = truth[..., 0] if truth.ndim == 4 else truth
+    if pred.shape != truth.shape: raise ValueError(f"prediction shape {pred.shape} must equal the truth's {truth.shape}")
+    return float(np.mean((np.asarray(pred, np.float64)[:, T_CONTEXT:] - np.asarray(truth, np.float64)[:, T_CONTEXT:]) ** 2))
 
 # %% ../nbs/01_data.ipynb
 @dataclasses.dataclass(frozen=True)

@@ -11,23 +11,16 @@ import numpy as np
 import pandas as pd
 
 from .core import resolve_path
-from .data import get_monkey, load_npz, session_path, find_sessions, T_CONTEXT
+from .data import get_monkey, load_npz, session_path, find_sessions, challenge_mse, T_CONTEXT
 from .train import load_run, persistence
 
 # %% auto 0
-__all__ = ['challenge_mse', 'challenge_total', 'step_mse', 'channel_scores', 'resolve_runs', 'load_test_sets', 'evaluate',
-           'phase_table']
+__all__ = ['challenge_total', 'step_mse', 'channel_scores', 'resolve_runs', 'load_test_sets', 'evaluate', 'phase_table']
 
 # %% ../nbs/09_evaluate.ipynb
 def _future(a): return np.asarray(a, np.float64)[:, T_CONTEXT:]
 
 def _lmp(truth): return truth[..., 0] if truth.ndim == 4 else truth
-
-def challenge_mse(pred: np.ndarray, truth: np.ndarray) -> float:
-    "The challenge's per-file score: MSE over trials, bins 10-19 and channels; `truth` (N, 20, C[, F]) raw."
-    truth = _lmp(truth)
-    if pred.shape != truth.shape: raise ValueError(f"prediction shape {pred.shape} must equal the truth's {truth.shape}")
-    return float(np.mean((_future(pred) - _future(truth)) ** 2))
 
 def challenge_total(mses: dict[str, float]) -> float:
     "The challenge's total: the plain mean of the per-file MSEs."

@@ -12,13 +12,13 @@ from scipy.special import ndtri
 
 import neurofc
 from .core import Config, resolve_path
-from .data import (N_FEATURES, T_CONTEXT, T_TOTAL, Session, check_array, get_monkey, load_split, mask_future,
+from .data import (N_FEATURES, T_CONTEXT, T_TOTAL, Session, challenge_mse, check_array, get_monkey, load_split, mask_future,
                           save_npz)
 
 # %% auto 0
 __all__ = ['BIN_S', 'N_BANDS', 'SimParams', 'default_params', 'electrode_positions', 'DayModel', 'SimBatch', 'make_days',
-           'simulate', 'oracle_forecast', 'future_mse', 'write_challenge_like', 'is_synthetic', 'synthetic_info',
-           'ensure_synthetic', 'load_oracle']
+           'simulate', 'oracle_forecast', 'write_challenge_like', 'is_synthetic', 'synthetic_info', 'ensure_synthetic',
+           'load_oracle']
 
 # %% ../nbs/02_synthetic.ipynb
 BIN_S = 0.030                  # seconds per bin
@@ -341,12 +341,6 @@ def oracle_forecast(day: DayModel, batch: SimBatch, method: str = 'exact', n_dra
     out[:, T_CONTEXT:] = day.offset + day.gain * ey
     return out
 
-def future_mse(truth: np.ndarray, pred: np.ndarray) -> float:
-    "The challenge's score: mean squared error over trials, bins 10-19 and channels, raw units (`truth` may carry the 9 features)."
-    truth = truth[..., 0] if truth.ndim == 4 else truth
-    if pred.shape != truth.shape: raise ValueError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
-    return float(np.mean((truth[:, T_CONTEXT:].astype(np.float64) - pred[:, T_CONTEXT:]) ** 2))
-
 # %% ../nbs/02_synthetic.ipynb
 def _n_trials(s: Session) -> tuple[int, int]: return (s.n_train or 100, s.n_test or 100)
 def _marker(out: Path, monkey: str) -> Path: return out / f'synthetic_{monkey}.json'
@@ -365,7 +359,7 @@ def write_challenge_like(out_dir: str | Path, monkey: str, seed: int = 0, params
         save_npz(out / 'test_truth' / s.truth_file, test.x)
         f = oracle_forecast(day, test)
         save_npz(out / 'test_truth' / _oracle_file(s), f)
-        oracle[s.key] = future_mse(test.x, f)
+        oracle[s.key] = challenge_mse(f, test.x)
         conds[s.key] = dict(train=train.cond.tolist(), test=test.cond.tolist())
     info = dict(synthetic=True, monkey=m.name, seed=int(seed), params=p.to_dict(),
                 positions=electrode_positions(monkey, p.pitch_mm).round(4).tolist(), oracle_mse=oracle,

@@ -14,12 +14,12 @@ from torch import nn
 import neurofc
 from .core import get_device, seed_everything, resolve_path
 from .data import (MonkeyData, Stats, SessionRouter, DeviceBatcher, Batch, load_monkey, normalize,
-                          denormalize_lmp, mask_future, T_CONTEXT)
+                          denormalize_lmp, mask_future, challenge_mse, T_CONTEXT)
 from .config import RunConfig, phase_config
 from .losses import forecast_mse, forecast_huber, mmd_loss, spectral_loss, variance_weights
 
 # %% auto 0
-__all__ = ['MODEL_BUILDERS', 'lr_factor', 'is_cycle_end', 'EMA', 'augment', 'mixup', 'Forecaster', 'context_stats', 'raw_mse',
+__all__ = ['MODEL_BUILDERS', 'lr_factor', 'is_cycle_end', 'EMA', 'augment', 'mixup', 'Forecaster', 'context_stats',
            'score_sessions', 'persistence', 'run_name', 'atomic_save', 'environment', 'prepare_run_dir', 'build_model',
            'fit', 'members_of', 'load_run', 'finish_run', 'train_seeds']
 
@@ -123,14 +123,9 @@ def context_stats(x: torch.Tensor) -> Stats:
     std = torch.where(std > 1e-6 * mean.abs().clamp(min=1.0), std, torch.ones_like(std))
     return Stats(mean.to(x.dtype), std.to(x.dtype))
 
-def raw_mse(pred: np.ndarray, truth: np.ndarray) -> float:
-    "The challenge's metric on one file: MSE over trials, bins 10-19 and channels, raw units."
-    if pred.shape != truth.shape[:3]: raise ValueError(f"prediction shape {pred.shape} does not match truth {truth.shape[:3]}")
-    return float(np.mean((pred[:, T_CONTEXT:].astype(np.float64) - truth[:, T_CONTEXT:, :, 0]) ** 2))
-
 def score_sessions(predict, arrays: dict[str, np.ndarray], main_key: str) -> dict[str, float]:
     "Raw MSE per session of `predict(masked)` on `arrays`, plus same-day, cross-date (mean over later days) and total (mean over all)."
-    out = {k: raw_mse(predict(mask_future(v)), v) for k, v in arrays.items() if len(v)}
+    out = {k: challenge_mse(predict(mask_future(v)), v) for k, v in arrays.items() if len(v)}
     cross = [v for k, v in out.items() if k != main_key]
     out['same_day'] = out.get(main_key, float('nan'))
     out['cross_date'] = float(np.mean(cross)) if cross else float('nan')
