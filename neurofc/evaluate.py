@@ -81,8 +81,8 @@ def _rows(label, group, seeds, members, preds, sets):
     rows, mses = [], {}
     for name, ts in sets.items():
         p = preds[name]; mses[name] = challenge_mse(p, ts['truth'])
-        vals = {'mse': mses[name], 'r2_mean': float(np.nanmean(channel_scores(p, ts['truth']).r2)),
-                'pearson_mean': float(np.nanmean(channel_scores(p, ts['truth']).pearson)),
+        cs = channel_scores(p, ts['truth'])
+        vals = {'mse': mses[name], 'r2_mean': float(np.nanmean(cs.r2)), 'pearson_mean': float(np.nanmean(cs.pearson)),
                 **{f'mse_step{10 + i}': float(v) for i, v in enumerate(step_mse(p, ts['truth']))}}
         if ts['oracle'] is not None: vals['oracle_ratio'] = mses[name] / challenge_mse(ts['oracle'], ts['truth'])
         rows += [dict(model=label, group=group, seeds=seeds, members=members, test_set=name, kind=ts['kind'], metric=k, value=v)

@@ -294,9 +294,11 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
                     state['best_ema'], state['best_ema_epoch'] = ve['total'], epoch
                     atomic_save(ema.state_dict(), run_dir / 'ema_best.pt')
         if cfg.snapshots and is_cycle_end(cfg, epoch):
-            name = f"snapshot_{len(state['snapshots'])}.pt"
+            name = f"snapshot_{(epoch + 1) // cfg.t0 - 1}.pt"     # one file per cycle; only the last `snapshots` are kept
             atomic_save(model.state_dict(), run_dir / name)
             state['snapshots'] = (state['snapshots'] + [name])[-cfg.snapshots:]
+            for old in run_dir.glob('snapshot_*.pt'):
+                if old.name not in state['snapshots']: old.unlink()
         state['history'].append(row); state['epoch'] = epoch + 1
         last_improved = max(state['best_epoch'], state['best_ema_epoch'])
         stop = 'val_total' in row and epoch - last_improved >= cfg.patience
