@@ -36,8 +36,9 @@ class RunConfig(Config):
     channel_heads: int = 4
     session_embedding: bool = False
     revin: bool = False
-    adaptor_chunk: int = 4              # target channels per Adaptor tile (memory/speed only, not the science)
+    adaptor_chunk: int = 0              # target channels per Adaptor tile, 0 = automatic (memory/speed only, not the science)
     checkpoint: bool = False            # recompute Adaptor tiles in backward (memory only)
+    encoder_tile: int = 256             # TE/TR sequences per checkpointed tile, 0 = all at once (memory/speed only)
     # --- optimisation
     batch_size: int | None = None       # None: 16 for affi, 32 for beignet
     optimizer: Literal['adam', 'adamw'] = 'adam'
@@ -85,7 +86,7 @@ class RunConfig(Config):
         if self.phase not in PHASES: raise ValueError(f"Unknown phase {self.phase!r}; known phases: {list(PHASES)}")
         if self.model not in MODELS: raise ValueError(f"Unknown model {self.model!r}; known models: {list(MODELS)}")
         get_monkey(self.monkey)
-        for name in ('hidden', 'heads', 'layers', 'd_ff', 'channel_heads', 'adaptor_chunk', 'epochs', 'val_every', 't0', 'step_size'):
+        for name in ('hidden', 'heads', 'layers', 'd_ff', 'channel_heads', 'epochs', 'val_every', 't0', 'step_size'):
             if getattr(self, name) < 1: raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")
         if self.hidden % self.heads: raise ValueError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
         if self.channel_attention and self.hidden % self.channel_heads:
@@ -95,7 +96,7 @@ class RunConfig(Config):
         for name in ('lr', 'huber_delta'):
             if getattr(self, name) <= 0: raise ValueError(f"{name} must be > 0, found {getattr(self, name)}")
         for name in ('weight_decay', 'mmd_weight', 'spectral_weight', 'mixup_alpha', 'jitter', 'scale_aug', 'phase_aug',
-                     'grad_clip', 'warmup', 'patience', 'snapshots', 'cooldown_s', 'eta_min'):
+                     'grad_clip', 'warmup', 'patience', 'snapshots', 'cooldown_s', 'eta_min', 'adaptor_chunk', 'encoder_tile'):
             if getattr(self, name) < 0: raise ValueError(f"{name} must be >= 0, found {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1: raise ValueError(f"ema_decay must be in [0, 1), found {self.ema_decay}")
         if self.train_limit is not None and self.train_limit < 1: raise ValueError(f"train_limit must be >= 1, found {self.train_limit}")
@@ -113,7 +114,7 @@ class RunConfig(Config):
     def model_kwargs(self) -> dict:
         "Keyword arguments of `neurofc.amag.AMAG` (besides channel and session counts)."
         names = ('hidden', 'heads', 'layers', 'd_ff', 'dropout', 'adaptor', 'modulator', 'feature_pathways',
-                 'channel_attention', 'channel_heads', 'session_embedding', 'revin', 'adaptor_chunk', 'checkpoint')
+                 'channel_attention', 'channel_heads', 'session_embedding', 'revin', 'adaptor_chunk', 'checkpoint', 'encoder_tile')
         return {k: getattr(self, k) for k in names}
 
 _COMPETE = dict(hidden=128, heads=4, layers=2, d_ff=512, dropout=0.1, optimizer='adamw', weight_decay=1e-4,

@@ -21,7 +21,7 @@ from .losses import forecast_mse, forecast_huber, mmd_loss, spectral_loss, varia
 # %% auto 0
 __all__ = ['MODEL_BUILDERS', 'lr_factor', 'is_cycle_end', 'EMA', 'augment', 'mixup', 'Forecaster', 'context_stats',
            'score_sessions', 'persistence', 'run_name', 'atomic_save', 'environment', 'prepare_run_dir', 'build_model',
-           'fit', 'members_of', 'load_run', 'finish_run', 'train_seeds']
+           'loss_weight', 'TrainStep', 'fit', 'members_of', 'load_run', 'finish_run', 'train_seeds']
 
 # %% ../nbs/07_train.ipynb
 def lr_factor(cfg: RunConfig, epoch: float) -> float:
@@ -204,6 +204,56 @@ def _thermal_pause(cfg: RunConfig, device: torch.device):
         while pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU) > cfg.max_gpu_temp: time.sleep(5)
     except Exception: return
 
+def loss_weight(cfg: RunConfig, data: MonkeyData, device) -> torch.Tensor | None:
+    "Per-channel loss weights (`cfg.channel_weight='variance'`: the main day's LMP variance ratios, clamped), else None."
+    if cfg.channel_weight != 'variance': return None
+    var = torch.as_tensor(data.stats[data.keys[0]].std[:, 0].astype(np.float64) ** 2)
+    return variance_weights(var, cfg.channel_weight_clamp).float().to(device)
+
+class TrainStep:
+    "One optimisation step of `cfg` on a device batch: augment, mix, forward, loss, backward, clip, step, EMA."
+    def __init__(self, cfg: RunConfig, model: nn.Module, device: torch.device,
+                 weight: torch.Tensor | None = None,   # per-channel loss weights (`loss_weight`)
+                 augment: bool = True,                 # False: the batches arrive augmented (host-side plain path)
+                 fused: bool = True):                  # fused optimiser kernels where available (else foreach)
+        self.cfg, self.model, self.dev, self.weight = cfg, model, torch.device(device), weight
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        opt_cls = torch.optim.AdamW if cfg.optimizer == 'adamw' else torch.optim.Adam
+        kw = _fast_opt(self.dev) if fused else {'foreach': True}
+        self.opt = opt_cls(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw) if self.params else None
+        self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.use_amp = cfg.amp and self.dev.type == 'cuda'
+        self.augment = augment and bool(cfg.jitter or cfg.scale_aug or cfg.channel_dropout or cfg.phase_aug)
+        self.forward = torch.compile(model) if cfg.compile else model
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        "The training loss of masked input `x`, target `y` and session ids `s` (forward included)."
+        cfg = self.cfg
+        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            want_h = cfg.mmd_weight > 0
+            out = self.forward(x, session=s if cfg.session_embedding else None, **({'return_hidden': True} if want_h else {}))
+            pred, h = out if want_h else (out, None)
+            pred = pred.float()
+            loss = (forecast_huber(pred, y, cfg.huber_delta, self.weight) if cfg.loss == 'huber' else forecast_mse(pred, y, self.weight))
+            if cfg.spectral_weight > 0: loss = loss + cfg.spectral_weight * spectral_loss(pred, y, self.weight)
+            if want_h: loss = loss + cfg.mmd_weight * mmd_loss(h[:, :T_CONTEXT].float().mean(1), s)
+        return loss
+
+    def __call__(self, b: Batch, lr: float) -> torch.Tensor:
+        "Train on batch `b` at learning rate `lr`; returns the loss as a device tensor (no host sync)."
+        x, y, s = b.x, b.y, b.session
+        if self.augment: x, y = augment(x, y, self.cfg)
+        if self.cfg.mixup_alpha > 0: x, y, s = mixup(x, y, s, self.cfg.mixup_alpha)
+        loss = self.loss(x, y, s)
+        if self.opt:
+            for g in self.opt.param_groups: g['lr'] = lr
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.grad_clip > 0: nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+            self.opt.step()
+            if self.ema: self.ema.update(self.model)
+        return loss.detach()
+
 def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, device: str = 'auto',
         resume: bool = False, progress: bool = True, callback=None) -> dict:
     "Train `cfg` on `data` into `run_dir`; returns the final metrics (also in `metrics.json`)."
@@ -219,14 +269,9 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
     atomic_save(json.dumps(router.state_dict()), run_dir / 'router.json')
 
     model = build_model(cfg, data.n_channels, len(keys), data.train[main].shape[-1], data).to(dev)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt_cls = torch.optim.AdamW if cfg.optimizer == 'adamw' else torch.optim.Adam
-    opt = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **_fast_opt(dev)) if params else None
-    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    step = TrainStep(cfg, model, dev, loss_weight(cfg, data, dev))
+    opt, ema = step.opt, step.ema
     batcher = DeviceBatcher({k: normalize(v, data.stats[k]) for k, v in data.train.items()}, cfg.batch, dev, seed=seed)
-    weight = (variance_weights(torch.as_tensor(data.stats[main].std[:, 0].astype(np.float64) ** 2), cfg.channel_weight_clamp).float().to(dev)
-              if cfg.channel_weight == 'variance' else None)
-    use_amp = cfg.amp and dev.type == 'cuda'
     state = dict(epoch=0, best=math.inf, best_ema=math.inf, best_epoch=-1, best_ema_epoch=-1, history=[], snapshots=[], done=False)
     if has_ckpt:
         ck = _load(run_dir / 'last.pt', dev)
@@ -260,26 +305,7 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
         model.train(); t0 = time.time()
         total = torch.zeros((), device=dev)
         for i, b in enumerate(batcher):
-            if opt:
-                for g in opt.param_groups: g['lr'] = cfg.lr * lr_factor(cfg, epoch + i / n_steps)
-            x, y, s = b.x, b.y, b.session
-            if cfg.jitter or cfg.scale_aug or cfg.channel_dropout or cfg.phase_aug: x, y = augment(x, y, cfg)
-            if cfg.mixup_alpha > 0: x, y, s = mixup(x, y, s, cfg.mixup_alpha)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                want_h = cfg.mmd_weight > 0
-                out = model(x, session=s if cfg.session_embedding else None, **({'return_hidden': True} if want_h else {}))
-                pred, h = out if want_h else (out, None)
-                pred = pred.float()
-                loss = (forecast_huber(pred, y, cfg.huber_delta, weight) if cfg.loss == 'huber' else forecast_mse(pred, y, weight))
-                if cfg.spectral_weight > 0: loss = loss + cfg.spectral_weight * spectral_loss(pred, y, weight)
-                if want_h: loss = loss + cfg.mmd_weight * mmd_loss(h[:, :T_CONTEXT].float().mean(1), s)
-            if opt:
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0: nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
-                if ema: ema.update(model)
-            total += loss.detach()
+            total += step(b, cfg.lr * lr_factor(cfg, epoch + i / n_steps))
             if cfg.cooldown_s > 0: time.sleep(cfg.cooldown_s)
             _thermal_pause(cfg, dev)
         row = dict(epoch=epoch, train_loss=float(total) / n_steps, lr=cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9), seconds=time.time() - t0)
