@@ -269,8 +269,7 @@ def _child(kind: str, timeout: float = 3600, **kw) -> dict:
     "Run `kind` ('measure', 'guard', 'seeds') in a fresh Python process; its result comes back as JSON."
     with tempfile.NamedTemporaryFile(suffix='.json', delete=False) as f: out = Path(f.name)
     cmd = [sys.executable, '-m', 'neurofc.bench', '--child', kind, '--child-args', json.dumps(kw), '--child-out', str(out)]
-    env = {**os.environ, 'THP_MEM_ALLOC_ENABLE': os.environ.get('THP_MEM_ALLOC_ENABLE', '1')}
-    r = subprocess.run(cmd, cwd=resolve_path('.'), capture_output=True, text=True, timeout=timeout, env=env)
+    r = subprocess.run(cmd, cwd=resolve_path('.'), capture_output=True, text=True, timeout=timeout)
     try:
         if r.returncode: raise RuntimeError(f"benchmark step {kind} {kw} failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
         return json.loads(out.read_text())
@@ -359,8 +358,7 @@ def write_report(res: dict, out_dir: str | Path = 'reports', command: str = 'pyt
              f"Device **{m['device']}** ({m['device_name']}); CPU {m['cpu']}, {m['cores']} cores, torch {m['torch']} with "
              f"{m['threads']} threads, Python {m['python']}. Matmul rate measured in this run: **{res['matmul_gflops']:.0f} GFLOP/s** "
              f"({'bf16' if m['device'].startswith('cuda') else 'float32'}, 2048² `mm`, median of 7; the better of the runs at the "
-             f"start and the end: {', '.join(f'{r:.0f}' for r in res['matmul_runs'])}). Measuring processes run with "
-             f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '1')} (PyTorch's huge-page CPU allocation).", "",
+             f"start and the end: {', '.join(f'{r:.0f}' for r in res['matmul_runs'])}).", "",
              *(["**Quick (smoke) mode**: small models and batches; no comparison with the reference figures is meaningful.", ""]
                if res.get('quick') else []),
              "Data: the built-in simulator at the real shapes (timing does not depend on the values). s/epoch = median s/batch × "
