@@ -260,7 +260,7 @@ class Adaptor(nn.Module):
         chunk = chunk or auto_chunk(H.shape[0], H.shape[1], H.device)
         B, C = H.shape[:2]
         both = B * C * C * (f1.out_features + f2.out_features) * P.element_size() <= ADAPTOR_KEEP_BYTES
-        keep = 0 if checkpoint else (2 if both and torch.is_grad_enabled() else 1)
+        keep = 0 if checkpoint or not torch.is_grad_enabled() else (2 if both else 1)   # inference keeps nothing
         return _PairMLP.apply(P, Q, f1.weight, f1.bias, f2.weight, f2.bias, f3.weight, f3.bias, chunk, keep)
 
 def adaptor_naive(adaptor: Adaptor, H: Tensor,

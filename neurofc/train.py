@@ -90,7 +90,7 @@ def mixup(x, y, session, alpha: float, gen: torch.Generator | None = None):
 class Forecaster:
     "Ensemble of trained models with per-day normalisation and day routing; raw units in and out."
     def __init__(self, models: list[nn.Module], stats: dict[str, Stats], router: SessionRouter,
-                 device: str | torch.device = 'cpu', batch_size: int = 64, use_session: bool = True,
+                 device: str | torch.device = 'cpu', batch_size: int = 16, use_session: bool = True,
                  norm: str = 'session'): # 'session': the day's training statistics; 'context': each trial's own context
         if norm not in ('session', 'context'): raise ValueError(f"Unknown norm {norm!r}; expected 'session' or 'context'")
         self.models = [m.to(device).eval() for m in models]
