@@ -18,7 +18,7 @@ from .core import get_device, resolve_path, seed_everything
 from .config import phase_config, RunConfig
 from .data import Batch, DeviceBatcher, MonkeyData, SessionRouter, load_monkey, mask_future, normalize
 from .synthetic import ensure_synthetic
-from .train import Forecaster, TrainStep, augment, build_model, loss_weight, mixup, score_sessions
+from .train import Forecaster, TrainStep, augment, augments, build_model, loss_weight, make_optimizer, score_sessions
 
 # %% auto 0
 __all__ = ['REFERENCE', 'TARGETS', 'CONFIGS', 'RSS_LIMIT_GB', 'FLOP_TARGET', 'cpu_model', 'machine_info', 'matmul_rate',
@@ -71,7 +71,7 @@ class HostBatcher:
         self.x = np.concatenate([np.asarray(a, np.float32) for a in arrays.values()])
         self.session = torch.cat([torch.full((len(a),), i, dtype=torch.long) for i, a in enumerate(arrays.values())])
         self.batch_size, self.device, self.cfg = batch_size, torch.device(device), cfg
-        self.augment = cfg is not None and bool(cfg.jitter or cfg.scale_aug or cfg.channel_dropout or cfg.phase_aug)
+        self.augment = cfg is not None and augments(cfg)
         self.gen = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int: return -(-len(self.x) // self.batch_size)
@@ -202,8 +202,7 @@ class StackedStep:
         params, self.buffers = torch.func.stack_module_state(models)
         self.names = list(params)
         self.params = [params[n] for n in self.names]
-        opt_cls = torch.optim.AdamW if cfg.optimizer == 'adamw' else torch.optim.Adam
-        self.opt = opt_cls(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+        self.opt = make_optimizer(cfg, self.params, foreach=True)
         self.ema = [p.detach().clone() for p in self.params] if cfg.ema_decay > 0 else None
         self.single = TrainStep(cfg, models[0], device, weight)     # its loss, augmentation and mixup settings
         self.single.forward = self._functional
@@ -217,12 +216,8 @@ class StackedStep:
 
     def __call__(self, batches: list[Batch], lr: float) -> torch.Tensor:
         "One step of every seed, seed i on `batches[i]`; returns the k losses."
-        cfg, xs, ys, ss = self.cfg, [], [], []
-        for b in batches:
-            x, y, s = b.x, b.y, b.session
-            if self.single.augment: x, y = augment(x, y, cfg)
-            if cfg.mixup_alpha > 0: x, y, s = mixup(x, y, s, cfg.mixup_alpha)
-            xs.append(x); ys.append(y); ss.append(s)
+        cfg = self.cfg
+        xs, ys, ss = zip(*(self.single.inputs(b) for b in batches))
         losses = torch.func.vmap(self._loss, in_dims=(0, 0, 0, 0, 0), randomness='different')(
             self.params, self.buffers, torch.stack(xs), torch.stack(ys), torch.stack(ss))
         for g in self.opt.param_groups: g['lr'] = lr

@@ -21,7 +21,8 @@ from .losses import forecast_mse, forecast_huber, mmd_loss, spectral_loss, varia
 # %% auto 0
 __all__ = ['MODEL_BUILDERS', 'lr_factor', 'is_cycle_end', 'EMA', 'augment', 'mixup', 'Forecaster', 'context_stats',
            'score_sessions', 'persistence', 'run_name', 'atomic_save', 'environment', 'prepare_run_dir', 'build_model',
-           'loss_weight', 'TrainStep', 'fit', 'members_of', 'load_run', 'finish_run', 'train_seeds']
+           'loss_weight', 'augments', 'make_optimizer', 'TrainStep', 'fit', 'members_of', 'load_run', 'finish_run',
+           'train_seeds']
 
 # %% ../nbs/07_train.ipynb
 def lr_factor(cfg: RunConfig, epoch: float) -> float:
@@ -210,6 +211,15 @@ def loss_weight(cfg: RunConfig, data: MonkeyData, device) -> torch.Tensor | None
     var = torch.as_tensor(data.stats[data.keys[0]].std[:, 0].astype(np.float64) ** 2)
     return variance_weights(var, cfg.channel_weight_clamp).float().to(device)
 
+def augments(cfg: RunConfig) -> bool:
+    "Whether `cfg` switches on any input augmentation."
+    return bool(cfg.jitter or cfg.scale_aug or cfg.channel_dropout or cfg.phase_aug)
+
+def make_optimizer(cfg: RunConfig, params, **kw) -> torch.optim.Optimizer:
+    "`cfg`'s optimiser (Adam or AdamW at its learning rate and weight decay) over `params`; `kw`: kernel options."
+    opt_cls = torch.optim.AdamW if cfg.optimizer == 'adamw' else torch.optim.Adam
+    return opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
+
 class TrainStep:
     "One optimisation step of `cfg` on a device batch: augment, mix, forward, loss, backward, clip, step, EMA."
     def __init__(self, cfg: RunConfig, model: nn.Module, device: torch.device,
@@ -218,12 +228,11 @@ class TrainStep:
                  fused: bool = True):                  # fused optimiser kernels where available (else foreach)
         self.cfg, self.model, self.dev, self.weight = cfg, model, torch.device(device), weight
         self.params = [p for p in model.parameters() if p.requires_grad]
-        opt_cls = torch.optim.AdamW if cfg.optimizer == 'adamw' else torch.optim.Adam
         kw = _fast_opt(self.dev) if fused else {'foreach': True}
-        self.opt = opt_cls(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw) if self.params else None
+        self.opt = make_optimizer(cfg, self.params, **kw) if self.params else None
         self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.use_amp = cfg.amp and self.dev.type == 'cuda'
-        self.augment = augment and bool(cfg.jitter or cfg.scale_aug or cfg.channel_dropout or cfg.phase_aug)
+        self.augment = augment and augments(cfg)
         self.forward = torch.compile(model) if cfg.compile else model
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -239,12 +248,16 @@ class TrainStep:
             if want_h: loss = loss + cfg.mmd_weight * mmd_loss(h[:, :T_CONTEXT].float().mean(1), s)
         return loss
 
-    def __call__(self, b: Batch, lr: float) -> torch.Tensor:
-        "Train on batch `b` at learning rate `lr`; returns the loss as a device tensor (no host sync)."
+    def inputs(self, b: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        "Batch `b` augmented and mixed as `cfg` says: `(x, y, session)`."
         x, y, s = b.x, b.y, b.session
         if self.augment: x, y = augment(x, y, self.cfg)
         if self.cfg.mixup_alpha > 0: x, y, s = mixup(x, y, s, self.cfg.mixup_alpha)
-        loss = self.loss(x, y, s)
+        return x, y, s
+
+    def __call__(self, b: Batch, lr: float) -> torch.Tensor:
+        "Train on batch `b` at learning rate `lr`; returns the loss as a device tensor (no host sync)."
+        loss = self.loss(*self.inputs(b))
         if self.opt:
             for g in self.opt.param_groups: g['lr'] = lr
             self.opt.zero_grad(set_to_none=True)
