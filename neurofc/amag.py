@@ -16,7 +16,7 @@ from .data import mask_future, T_CONTEXT, T_TOTAL, N_FEATURES
 from .revin import RevIN
 
 # %% auto 0
-__all__ = ['ADAPTOR_WIDTHS', 'ADAPTOR_KEEP_BYTES', 'sinusoidal_pe', 'Dropout', 'SelfAttention', 'Block', 'Encoder',
+__all__ = ['ADAPTOR_WIDTHS', 'ADAPTOR_KEEP_BYTES', 'sinusoidal_pe', 'keep_mask', 'Dropout', 'SelfAttention', 'Block', 'Encoder',
            'FeatureEmbed', 'TemporalEncoder', 'correlation_adjacency', 'auto_chunk', 'Adaptor', 'adaptor_naive',
            'SpatialInteraction', 'ChannelAttention', 'TemporalReadout', 'SessionEmbedding', 'AMAG']
 
@@ -36,11 +36,20 @@ def sinusoidal_pe(n_steps: int, # sequence length T
 def _check_heads(d: int, heads: int, what: str = 'hidden'):
     if heads < 1 or d % heads: raise ValueError(f"{what} width {d} must be divisible by the number of heads, found heads={heads}")
 
+def keep_mask(shape: tuple[int, ...], # the mask's shape
+              p: float,                # drop probability, in [0, 1)
+             ) -> Tensor:              # uint8 (1 = keep) on the CPU
+    "Bernoulli(1-p) keep mask from 32-bit uniform integers of NumPy's PCG64, seeded from torch's generator."
+    n = math.prod(shape)
+    seed = int(torch.randint(0, 2 ** 62, (1,)))    # torch.manual_seed and checkpoint's RNG replay govern the mask
+    u = np.random.PCG64(seed).random_raw((n + 1) // 2).view(np.uint32)[:n]
+    return torch.from_numpy((u >= np.uint32(round(p * 2 ** 32))).view(np.uint8)).view(shape)
+
 class _CPUDropout(torch.autograd.Function):
-    "Inverted dropout with a uniform draw compared to p (one RNG call per element) and a 1-byte mask kept for backward."
+    "Inverted dropout with a `keep_mask` (1 byte per element, kept for backward)."
     @staticmethod
     def forward(ctx, x, p: float):
-        keep = torch.rand(x.shape, device=x.device) >= p
+        keep = keep_mask(tuple(x.shape), p)
         ctx.save_for_backward(keep); ctx.scale = 1 / (1 - p)
         return torch.mul(x, keep).mul_(ctx.scale)
 
@@ -50,7 +59,7 @@ class _CPUDropout(torch.autograd.Function):
         return torch.mul(g, keep).mul_(ctx.scale), None
 
 class Dropout(nn.Module):
-    "`nn.Dropout`'s distribution; on the CPU about 2x faster than `bernoulli_` (the same uniform-vs-p test, fewer passes)."
+    "`nn.Dropout`'s distribution; on the CPU a `keep_mask` (about 2.5x faster than torch's CPU generator), on a GPU `F.dropout`."
     def __init__(self, p: float = 0.0):
         super().__init__()
         self.p = p
@@ -67,14 +76,18 @@ class SelfAttention(nn.Module):
         self.heads, self.p = heads, dropout
         self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
 
-    def forward(self, x: Tensor) -> Tensor:
-        N, L, d = x.shape
-        q, k, v = self.qkv(x).view(N, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+    def forward(self, x: Tensor, start: int = 0) -> Tensor:   # outputs (queries) for positions >= start only
+        N, L, d = x.shape; h = self.heads
+        if start:
+            W, b = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, start:], W[:d], b[:d]).view(N, L - start, h, d // h).transpose(1, 2)
+            k, v = F.linear(x, W[d:], b[d:]).view(N, L, 2, h, d // h).permute(2, 0, 3, 1, 4)
+        else: q, k, v = self.qkv(x).view(N, L, 3, h, d // h).permute(2, 0, 3, 1, 4)
         if self.training and self.p > 0 and x.device.type == 'cpu':   # SDPA's own CPU dropout is its slow math path
             w = (q @ k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5).softmax(-1)
             a = _CPUDropout.apply(w, self.p) @ v
         else: a = F.scaled_dot_product_attention(q, k, v, dropout_p=self.p if self.training else 0.0)
-        return self.proj(a.transpose(1, 2).reshape(N, L, d))
+        return self.proj(a.transpose(1, 2).reshape(N, L - start, d))
 
 class Block(nn.Module):
     "Pre-norm transformer block on `(N, L, d)`."
@@ -84,12 +97,12 @@ class Block(nn.Module):
         self.ff = nn.Sequential(nn.Linear(d, d_ff), nn.GELU(), Dropout(dropout), nn.Linear(d_ff, d))
         self.drop = Dropout(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop(self.attn(self.n1(x)))
+    def forward(self, x: Tensor, start: int = 0) -> Tensor:   # outputs for positions >= start (all are keys)
+        x = x[:, start:] + self.drop(self.attn(self.n1(x), start))
         return x + self.drop(self.ff(self.n2(x)))
 
 class Encoder(nn.Module):
-    "`layers` pre-norm blocks and a final LayerNorm, `(N, L, d) -> (N, L, d)`; optionally in checkpointed tiles of sequences."
+    "`layers` pre-norm blocks and a final LayerNorm, `(N, L, d) -> (N, L - start, d)`; optionally in checkpointed tiles of sequences."
     def __init__(self, d: int, heads: int = 1, layers: int = 1, d_ff: int = 256, dropout: float = 0.0,
                  tile: int = 0):   # sequences per tile (0: all at once); tiles are recomputed in backward
         super().__init__()
@@ -99,17 +112,68 @@ class Encoder(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.tile = tile
 
-    def _run(self, x: Tensor) -> Tensor:
-        for b in self.blocks: x = b(x)
+    def _run(self, x: Tensor, start: int = 0) -> Tensor:
+        for i, b in enumerate(self.blocks): x = b(x, start if i == len(self.blocks) - 1 else 0)
         return self.norm(x)
 
-    def forward(self, x: Tensor) -> Tensor: return _tiled(self._run, x, self.tile)
+    def forward(self, x: Tensor,
+                start: int = 0,   # return positions >= start only: the last block computes no other queries
+               ) -> Tensor:
+        if not 0 <= start < x.shape[1]: raise ValueError(f"start must be in [0, {x.shape[1]}), found {start}")
+        return _tiled(lambda t: self._run(t, start), x, self.tile, self.parameters())
 
-def _tiled(fn, x: Tensor, tile: int) -> Tensor:
-    "`fn` over tiles of `x`'s first axis, each recomputed in backward; `split`: one gradient concat, not a zero-filled copy per tile."
+def _amp(dev: str) -> tuple[bool, torch.dtype]:
+    "Autocast's state on device type `dev` (torch >= 2.4 API, older fallbacks)."
+    try: return torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)
+    except (TypeError, AttributeError):
+        if dev == 'cuda': return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+        return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+
+def _fill(fn, x: Tensor, tile: int) -> Tensor:
+    "`fn` over tiles of `x`'s first axis (no gradients), written into one output buffer."
+    out, x = None, x.detach()
+    for s in range(0, len(x), tile):
+        y = fn(x[s:s + tile])
+        if out is None: out = y.new_empty((len(x), *y.shape[1:]))
+        out[s:s + len(y)] = y
+    return out
+
+class _Tiles(torch.autograd.Function):
+    "`fn` over tiles of `x` keeping no activations: forward without a graph, backward recomputes tile by tile (same RNG draws, same autocast)."
+    @staticmethod
+    def forward(ctx, fn, x, tile: int, *params):
+        dev = x.device.type
+        ctx.fn, ctx.tile, ctx.amp = fn, tile, _amp(dev)
+        ctx.rng = torch.get_rng_state(), (torch.cuda.get_rng_state(x.device) if dev == 'cuda' else None)
+        ctx.save_for_backward(x, *params)
+        return _fill(fn, x, tile)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, *params = ctx.saved_tensors
+        want_x, want_p = ctx.needs_input_grad[1], ctx.needs_input_grad[3:]
+        gx = torch.empty_like(x) if want_x else None
+        live = [i for i, w in enumerate(want_p) if w]
+        gp = [torch.zeros_like(p) if i in live else None for i, p in enumerate(params)]   # before the tiles' buffers
+        dev = x.device
+        with torch.random.fork_rng(devices=[dev] if dev.type == 'cuda' else []):
+            torch.set_rng_state(ctx.rng[0])                   # replay the forward's dropout masks
+            if ctx.rng[1] is not None: torch.cuda.set_rng_state(ctx.rng[1], dev)
+            with torch.enable_grad(), torch.autocast(dev.type, dtype=ctx.amp[1], enabled=ctx.amp[0]):
+                for s in range(0, len(x), ctx.tile):
+                    xi = x[s:s + ctx.tile].detach().requires_grad_(want_x)
+                    grads = torch.autograd.grad(ctx.fn(xi), [xi] * want_x + [params[i] for i in live], g[s:s + len(xi)],
+                                                allow_unused=True)
+                    if want_x: gx[s:s + len(xi)] = grads[0]
+                    for i, gi in zip(live, grads[want_x:]):
+                        if gi is not None: gp[i].add_(gi)
+        return None, gx, None, *gp
+
+def _tiled(fn, x: Tensor, tile: int, params=()) -> Tensor:
+    "`fn` (using `params`) over tiles of `x`'s first axis; with gradients, each tile is recomputed in backward (`_Tiles`)."
     if not tile or len(x) <= tile: return fn(x)
-    if not torch.is_grad_enabled(): return torch.cat([fn(xi) for xi in x.split(tile)])
-    return torch.cat([_checkpoint(fn, xi, use_reentrant=False) for xi in x.split(tile)])
+    if not torch.is_grad_enabled(): return _fill(fn, x, tile)
+    return _Tiles.apply(fn, x, tile, *[p for p in params if p.requires_grad])
 
 # %% ../nbs/04_amag.ipynb
 class FeatureEmbed(nn.Module):
@@ -336,11 +400,11 @@ class ChannelAttention(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         B, C, T, d = z.shape
         x = z.transpose(1, 2).reshape(B * T, C, d)                   # tokens = channels
-        return _tiled(self._block, x, self.tile).view(B, T, C, d).transpose(1, 2)
+        return _tiled(self._block, x, self.tile, self.parameters()).view(B, T, C, d).transpose(1, 2)
 
 # %% ../nbs/04_amag.ipynb
 class TemporalReadout(nn.Module):
-    "TR: channel-major states `(B, C, T, d)` to LMP `(B, T, C)`."
+    "TR: channel-major states `(B, C, T, d)` to LMP `(B, T - start, C)` of bins `start`..T-1."
     def __init__(self, d: int = 64, heads: int = 1, layers: int = 1, d_ff: int = 256, dropout: float = 0.0,
                  n_steps: int = T_TOTAL):
         super().__init__()
@@ -348,10 +412,10 @@ class TemporalReadout(nn.Module):
         self.encoder = Encoder(d, heads, layers, d_ff, dropout)
         self.head = nn.Linear(d, 1)
 
-    def forward(self, z: Tensor) -> Tensor:
+    def forward(self, z: Tensor, start: int = 0) -> Tensor:   # bins >= start only: (B, T - start, C)
         B, C, T, d = z.shape
-        r = self.encoder((z + self.pe[:T]).reshape(B * C, T, d))
-        return self.head(r).view(B, C, T).transpose(1, 2)
+        r = self.encoder((z + self.pe[:T]).reshape(B * C, T, d), start)
+        return self.head(r).view(B, C, T - start).transpose(1, 2)
 
 # %% ../nbs/04_amag.ipynb
 class SessionEmbedding(nn.Module):
@@ -374,7 +438,7 @@ class SessionEmbedding(nn.Module):
 
 # %% ../nbs/04_amag.ipynb
 class AMAG(nn.Module):
-    "AMAG forecaster: `(B, 20, C, F)` trials to `(B, 20, C)` LMP; extensions switch on by flag."
+    "AMAG forecaster: `(B, 20, C, F)` trials to `(B, 20, C)` LMP (bins 0-9: the input context; 10-19: the forecast); extensions switch on by flag."
     def __init__(self,
                  n_channels: int,                      # C, electrodes (239 affi, 89 beignet)
                  n_features: int = N_FEATURES,         # F, LMP + band powers
@@ -437,11 +501,13 @@ class AMAG(nn.Module):
                ) -> Tensor | tuple[Tensor, Tensor]:
         session = self._check(x, session)
         x = mask_future(x)                           # defence in depth: the future can never reach the output
+        ctx = x[:, :T_CONTEXT, :, 0]
         if self.revin is not None: x, stats = self.revin.normalize(x)
         h = self.te(x)                               # (B, C, T, d)
         z = h if self.session is None else h + self.session(session, x.shape[0])[:, None, None]
         z = self.si(z)
         if self.ca is not None: z = self.ca(z)
-        y = self.tr(z)                               # (B, T, C)
+        y = self.tr(z, T_CONTEXT)                    # the forecast (B, 10, C): TR computes bins 10-19 only
         if self.revin is not None: y = self.revin.denormalize(y, stats)
+        y = torch.cat([ctx.to(y.dtype), y], 1)       # bins 0-9: the context itself
         return (y, h.transpose(1, 2)) if return_hidden else y

@@ -199,10 +199,13 @@ class Stats:
     @classmethod
     def from_dict(cls, d: dict) -> Stats: return cls(np.asarray(d['mean'], np.float32), np.asarray(d['std'], np.float32))
 
-def compute_stats(x: np.ndarray) -> Stats:
-    "Mean and std over trials and time of `x` (N, 20, C, F), in float64 then stored as float32."
-    x = np.asarray(x, np.float64)
-    mean, std = x.mean((0, 1)), x.std((0, 1))
+def compute_stats(x: np.ndarray, chunk: int = 64) -> Stats:
+    "Mean and std over trials and time of `x` (N, 20, C, F), two passes in float64 over `chunk` trials at a time, stored as float32."
+    x = np.asarray(x)
+    n = x.shape[0] * x.shape[1]
+    blocks = lambda: (x[i:i + chunk].astype(np.float64) for i in range(0, len(x), chunk))   # never a float64 copy of all of x
+    mean = sum(b.sum((0, 1)) for b in blocks()) / n
+    std = np.sqrt(sum(((b - mean) ** 2).sum((0, 1)) for b in blocks()) / n)
     std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1.0), std, 1.0)
     return Stats(mean.astype(np.float32), std.astype(np.float32))
 
@@ -270,27 +273,43 @@ class Batch:
     session: torch.Tensor  # (B,) session index
 
 class DeviceBatcher:
-    "Shuffled batches of every session's trials, kept and masked on `device`."
-    def __init__(self, arrays: dict[str, np.ndarray], # per-session trials (n, 20, C, F), already normalised
-                 batch_size: int, device: str | torch.device = 'cpu', seed: int = 0, shuffle: bool = True, drop_last: bool = False):
+    "Shuffled batches of every session's trials, kept, normalised and masked on `device`."
+    def __init__(self, arrays: dict[str, np.ndarray], # per-session trials (n, 20, C, F): raw with `stats`, else already normalised
+                 batch_size: int, device: str | torch.device = 'cpu', seed: int = 0, shuffle: bool = True, drop_last: bool = False,
+                 stats: dict[str, Stats] | None = None): # per-session statistics: each batch is normalised with its trials' own
         if batch_size < 1: raise ValueError(f"batch_size must be >= 1, found {batch_size}")
+        if stats is not None and set(stats) < set(arrays): raise KeyError(f"no statistics for sessions {sorted(set(arrays) - set(stats))}")
         self.keys = list(arrays)
         self.device, self.batch_size, self.shuffle, self.drop_last = torch.device(device), batch_size, shuffle, drop_last
-        self.x = torch.cat([torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in arrays.values()]).to(self.device)
-        self.session = torch.cat([torch.full((len(a),), i, dtype=torch.long) for i, a in enumerate(arrays.values())]).to(self.device)
+        parts = [torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in arrays.values()]
+        # on the CPU the arrays are used in place (no copy); elsewhere one device-resident block
+        self.parts = parts if self.device.type == 'cpu' else [torch.cat(parts).to(self.device)]
+        self.start = torch.tensor([0, *np.cumsum([len(a) for a in parts])[:-1]], device=self.device)
+        self.session = torch.cat([torch.full((len(a),), i, dtype=torch.long) for i, a in enumerate(parts)]).to(self.device)
+        self.n = len(self.session)
+        self.norm = None if stats is None else tuple(torch.as_tensor(np.stack(v), device=self.device) for v in
+                                                     ([stats[k].mean for k in self.keys], [4.0 * stats[k].std for k in self.keys]))
         self.gen = torch.Generator(device=self.device); self.gen.manual_seed(seed)
 
     def __len__(self) -> int:
-        n = len(self.x)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def _gather(self, idx: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        if len(self.parts) == 1: return self.parts[0][idx]
+        out = self.parts[0].new_empty((len(idx), *self.parts[0].shape[1:]))
+        for i, part in enumerate(self.parts):                 # a few sessions: one gather each (CPU only: no device sync)
+            sel = (s == i).nonzero().squeeze(1)
+            if len(sel): out[sel] = part[idx[sel] - self.start[i]]
+        return out
 
     def __iter__(self):
-        n = len(self.x)
-        order = torch.randperm(n, generator=self.gen, device=self.device) if self.shuffle else torch.arange(n, device=self.device)
+        order = torch.randperm(self.n, generator=self.gen, device=self.device) if self.shuffle else torch.arange(self.n, device=self.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            xb = self.x[idx]
-            yield Batch(mask_future(xb), xb[..., 0], self.session[idx])
+            s = self.session[idx]
+            xb = self._gather(idx, s)
+            if self.norm is not None: xb = (xb - self.norm[0][s, None]) / self.norm[1][s, None]   # `normalize`, per trial's session
+            yield Batch(mask_future(xb), xb[..., 0], s)
 
     def state_dict(self) -> dict: return {'gen': self.gen.get_state()}
     def load_state_dict(self, d: dict): self.gen.set_state(d['gen'])

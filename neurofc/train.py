@@ -284,7 +284,7 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
     model = build_model(cfg, data.n_channels, len(keys), data.train[main].shape[-1], data).to(dev)
     step = TrainStep(cfg, model, dev, loss_weight(cfg, data, dev))
     opt, ema = step.opt, step.ema
-    batcher = DeviceBatcher({k: normalize(v, data.stats[k]) for k, v in data.train.items()}, cfg.batch, dev, seed=seed)
+    batcher = DeviceBatcher(data.train, cfg.batch, dev, seed=seed, stats=data.stats)
     state = dict(epoch=0, best=math.inf, best_ema=math.inf, best_epoch=-1, best_ema_epoch=-1, history=[], snapshots=[], done=False)
     if has_ckpt:
         ck = _load(run_dir / 'last.pt', dev)
