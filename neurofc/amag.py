@@ -466,7 +466,7 @@ class AMAG(nn.Module):
                  adaptor_chunk: int = 0,               # Adaptor tile size (target channels; 0: automatic)
                  checkpoint: bool = False,             # keep no Adaptor pair activations (recompute in backward)
                  adaptor_impl: str = 'fused',          # 'fused' (`_PairMLP`) or 'naive' (literal, checkpointed: the plain path)
-                 encoder_tile: int = 0,                # TE/TR sequences per checkpointed tile (0: all at once)
+                 encoder_tile: int | None = 0,         # TE/TR sequences per recomputed tile (0: all at once; None: 256 on a CPU, 0 elsewhere)
                 ):
         super().__init__()
         if n_channels < 1: raise ValueError(f"n_channels must be positive, found {n_channels}")
@@ -482,9 +482,13 @@ class AMAG(nn.Module):
                                      naive=adaptor_impl == 'naive')
         self.ca = ChannelAttention(hidden, channel_heads, dropout) if channel_attention else None
         self.tr = TemporalReadout(hidden, heads, layers, d_ff, dropout)
-        if encoder_tile < 0: raise ValueError(f"encoder_tile must be >= 0 (0 = no tiling), found {encoder_tile}")
-        self.te.encoder.tile = self.tr.encoder.tile = encoder_tile
-        if self.ca is not None: self.ca.tile = max(1, encoder_tile * T_TOTAL // n_channels) if encoder_tile else 0   # a similar token count
+        if encoder_tile is not None and encoder_tile < 0: raise ValueError(f"encoder_tile must be >= 0 (0 = no tiling), found {encoder_tile}")
+        self.encoder_tile = encoder_tile
+        self._tiles(encoder_tile or 0)
+
+    def _tiles(self, tile: int):
+        self.te.encoder.tile = self.tr.encoder.tile = tile
+        if self.ca is not None: self.ca.tile = max(1, tile * T_TOTAL // self.n_channels) if tile else 0   # a similar token count
 
     def _check(self, x, session):
         if not isinstance(x, Tensor): raise TypeError(f"AMAG expects a torch.Tensor, found {type(x).__name__}")
@@ -507,6 +511,7 @@ class AMAG(nn.Module):
                 return_hidden: bool = False,        # also return TE states (B, 20, C, hidden)
                ) -> Tensor | tuple[Tensor, Tensor]:
         session = self._check(x, session)
+        if self.encoder_tile is None: self._tiles(256 if x.device.type == 'cpu' else 0)   # tiles pay off on a CPU's caches
         x = mask_future(x)                           # defence in depth: the future can never reach the output
         ctx = x[:, :T_CONTEXT, :, 0]
         if self.revin is not None: x, stats = self.revin.normalize(x)

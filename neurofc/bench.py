@@ -201,16 +201,17 @@ def measure(phase: str, monkey: str, path: str = 'optimized', device='cpu', warm
 
 # %% ../nbs/12_bench.ipynb
 def stackable(cfg: RunConfig) -> bool:
-    "Whether `cfg`'s model can be vmapped over seeds (not with the fused Adaptor)."
-    return cfg.model == 'amag' and not cfg.adaptor
+    "Whether `cfg`'s model can be vmapped over seeds (not with the fused Adaptor, nor with dropout's CPU masks)."
+    return cfg.model == 'amag' and not cfg.adaptor and cfg.dropout == 0
 
 class StackedStep:
     "`TrainStep` for k models of one configuration at once: stacked parameters, a vmapped forward, per-seed clipping."
     def __init__(self, cfg: RunConfig, models: list[nn.Module], device, weight: torch.Tensor | None = None):
-        if not stackable(cfg): raise ValueError(f"{cfg.phase}: a model with the fused Adaptor cannot be vmapped over seeds; train seeds one by one")
+        if not stackable(cfg): raise ValueError(f"{cfg.phase}: a model with the fused Adaptor or dropout cannot be vmapped over seeds; train seeds one by one")
         self.cfg, self.dev, self.k = cfg, torch.device(device), len(models)
         self.base = copy.deepcopy(models[0]).to('meta')
-        for m in self.base.modules():                 # checkpointed tiles cannot run under vmap; the math is the same
+        self.base.encoder_tile = 0                    # recomputed tiles cannot run under vmap; the math is the same
+        for m in self.base.modules():
             if hasattr(m, 'tile'): m.tile = 0
         params, self.buffers = torch.func.stack_module_state(models)
         self.names = list(params)

@@ -38,7 +38,7 @@ class RunConfig(Config):
     revin: bool = False
     adaptor_chunk: int = 0              # target channels per Adaptor tile, 0 = automatic (memory/speed only, not the science)
     checkpoint: bool = False            # recompute Adaptor tiles in backward (memory only)
-    encoder_tile: int = 256             # TE/TR sequences per checkpointed tile, 0 = all at once (memory/speed only)
+    encoder_tile: int | None = None     # TE/TR sequences per recomputed tile; 0 = all at once; None = 256 on a CPU, 0 on a GPU (memory/speed only)
     # --- optimisation
     batch_size: int | None = None       # None: 16 for affi, 32 for beignet
     optimizer: Literal['adam', 'adamw'] = 'adam'
@@ -96,9 +96,10 @@ class RunConfig(Config):
         for name in ('lr', 'huber_delta'):
             if getattr(self, name) <= 0: raise ValueError(f"{name} must be > 0, found {getattr(self, name)}")
         for name in ('weight_decay', 'mmd_weight', 'spectral_weight', 'mixup_alpha', 'jitter', 'scale_aug', 'phase_aug',
-                     'grad_clip', 'warmup', 'patience', 'snapshots', 'cooldown_s', 'eta_min', 'adaptor_chunk', 'encoder_tile'):
+                     'grad_clip', 'warmup', 'patience', 'snapshots', 'cooldown_s', 'eta_min', 'adaptor_chunk'):
             if getattr(self, name) < 0: raise ValueError(f"{name} must be >= 0, found {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1: raise ValueError(f"ema_decay must be in [0, 1), found {self.ema_decay}")
+        if self.encoder_tile is not None and self.encoder_tile < 0: raise ValueError(f"encoder_tile must be >= 0 or None, found {self.encoder_tile}")
         if self.train_limit is not None and self.train_limit < 1: raise ValueError(f"train_limit must be >= 1, found {self.train_limit}")
         if self.batch_size is not None and self.batch_size < 1: raise ValueError(f"batch_size must be >= 1, found {self.batch_size}")
         if 'ema' in self.predictor and self.ema_decay == 0:
