@@ -102,7 +102,7 @@ class Block(nn.Module):
         return x + self.drop(self.ff(self.n2(x)))
 
 class Encoder(nn.Module):
-    "`layers` pre-norm blocks and a final LayerNorm, `(N, L, d) -> (N, L - start, d)`; optionally in checkpointed tiles of sequences."
+    "`layers` pre-norm blocks and a final LayerNorm, `(N, L, d) -> (N, L - start, d)`; optionally in recomputed tiles of sequences."
     def __init__(self, d: int, heads: int = 1, layers: int = 1, d_ff: int = 256, dropout: float = 0.0,
                  tile: int = 0):   # sequences per tile (0: all at once); tiles are recomputed in backward
         super().__init__()
@@ -399,7 +399,7 @@ class ChannelAttention(nn.Module):
         super().__init__()
         _check_heads(d, heads, 'channel attention')
         self.norm, self.attn, self.drop = nn.LayerNorm(d), SelfAttention(d, heads, dropout), Dropout(dropout)
-        self.tile = 0                                                 # bins per checkpointed tile (set by AMAG)
+        self.tile = 0                                                 # bins per recomputed tile (set by AMAG)
 
     def _block(self, x: Tensor) -> Tensor: return x + self.drop(self.attn(self.norm(x)))
 
