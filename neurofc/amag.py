@@ -235,6 +235,29 @@ def auto_chunk(B: int, C: int, device: torch.device | str = 'cpu') -> int:
     rows = (1 << 20) if torch.device(device).type == 'cuda' else 4096
     return max(1, min(C, rows // max(B * C, 1)))
 
+_POOL: dict = {}   # (device, dtype) -> free buffers for the kept pair activations, reused step after step
+
+def _take(n: int, like: Tensor) -> Tensor:
+    "A 1-D buffer of `n` elements, from the pool when one is large enough: fresh memory costs a page fault per 4 KiB."
+    free = _POOL.get((like.device, like.dtype), [])
+    for i, b in enumerate(free):
+        if b.numel() >= n: return free.pop(i)[:n]
+    return like.new_empty(n)
+
+def _give(buf: Tensor):
+    "Return a buffer from `_take` (its whole storage) to the pool, which keeps the largest two per device and dtype."
+    base = buf if buf._base is None else buf._base
+    free = _POOL.setdefault((base.device, base.dtype), [])
+    free.append(base); free.sort(key=lambda b: b.numel(), reverse=True); del free[2:]
+
+class _Lease:
+    "Holds `_take`n buffers for an autograd context and gives them back when the context is freed (not before: retain_graph)."
+    def __init__(self, bufs: list[Tensor]): self.bufs = bufs
+    def __del__(self):
+        try:
+            for b in self.bufs: _give(b)
+        except Exception: pass   # at interpreter shutdown the module's globals may already be gone
+
 class _PairMLP(torch.autograd.Function):
     "Gates of every (u, v): σ(w₃·r(W₂ r(W₁ r(P_u + Q_v) + b₁) + b₂) + b₃), r = ReLU; tiled, with a recomputing backward."
     @staticmethod
@@ -255,8 +278,10 @@ class _PairMLP(torch.autograd.Function):
             B, C, k = P.shape; Cv = Q.shape[1]; n1, n2 = W1.shape[0], W2.shape[0]
             S = P.new_empty(B, C, Cv)
             xbuf = P.new_empty(B * C * chunk * k)
-            h1s = P.new_empty(B * C * (Cv if keep >= 2 else chunk) * n1)   # keep 2: every tile's first hidden layer
-            h2s = P.new_empty(B * C * (Cv if keep >= 1 else chunk), n2)     # keep 1: every tile's last hidden layer
+            h1s = _take(B * C * Cv * n1, P) if keep >= 2 else P.new_empty(B * C * chunk * n1)   # keep 2: every tile's first hidden layer
+            h2s = _take(B * C * Cv * n2, P) if keep >= 1 else P.new_empty(B * C * chunk * n2)   # keep 1: the last
+            ctx.lease = _Lease([h2s] * (keep >= 1) + [h1s] * (keep >= 2))
+            h2s = h2s.view(-1, n2)
             for v in range(0, Cv, chunk):
                 c = min(chunk, Cv - v); M = B * C * c; r = B * C * v
                 _, h = _PairMLP._h1(P, Q, v, c, W1, b1, xbuf, h1s[r * n1:] if keep >= 2 else h1s)
