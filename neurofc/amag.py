@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .data import mask_future, T_CONTEXT, T_TOTAL, N_FEATURES
@@ -149,6 +150,7 @@ class _Tiles(torch.autograd.Function):
         return _fill(fn, x, tile)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):
         x, *params = ctx.saved_tensors
         want_x, want_p = ctx.needs_input_grad[1], ctx.needs_input_grad[3:]
@@ -295,6 +297,7 @@ class _PairMLP(torch.autograd.Function):
         return S
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gS):
         P, Q, W1, b1, W2, b2, w3, S, *kept = ctx.saved_tensors
         chunk, keep = ctx.chunk, ctx.keep
@@ -409,12 +412,14 @@ class SpatialInteraction(nn.Module):
             a = (S * self.A_a).transpose(1, 2) @ hf                 # a_v = sum_u S(u,v) A_a(u,v) H_u
         # β₂FC_a(a) = a(β₂W_a)ᵀ + β₂b_a: the gates scale the tiny weights, and products accumulate in place (addmm),
         # not in extra passes over the (B, C, T, d) states
+        # (under autocast, addmm would round the residual sum to bf16: there the products are added instead)
         bias = self.beta[1] * self.fc_a.bias + (self.beta[2] * self.fc_m.bias if self.A_m is not None else 0)
+        acc = (lambda z, x, w: z + x @ w) if _amp(h.device.type)[0] else torch.addmm
         z = torch.addcmul(bias, self.beta[0], h).view(-1, d)
-        z = torch.addmm(z, a.view(-1, d), (self.beta[1] * self.fc_a.weight).T)
+        z = acc(z, a.reshape(-1, d), (self.beta[1] * self.fc_a.weight).T)
         if self.A_m is not None:
-            m = (self.A_m.T.expand(B, C, C) @ hf).view(-1, d) * h.view(-1, d)   # m_v = h_v * sum_u A_m(u,v) h_u
-            z = torch.addmm(z, m, (self.beta[2] * self.fc_m.weight).T)
+            m = (self.A_m.T.expand(B, C, C) @ hf).view(-1, d) * h.reshape(-1, d)   # m_v = h_v * sum_u A_m(u,v) h_u
+            z = acc(z, m, (self.beta[2] * self.fc_m.weight).T)
         return z.view(B, C, T, d)
 
 # %% ../nbs/04_amag.ipynb

@@ -200,14 +200,14 @@ def measure(phase: str, monkey: str, path: str = 'optimized', device='cpu', warm
                 val_passes=2 if cfg.ema_decay > 0 else 1, val_every=cfg.val_every, full_epoch_s=epoch_s, peak_gb=peak, peak_train_gb=peak_train)
 
 # %% ../nbs/12_bench.ipynb
-def stackable(cfg: RunConfig) -> bool:
-    "Whether `cfg`'s model can be vmapped over seeds (not with the fused Adaptor, nor with dropout's CPU masks)."
-    return cfg.model == 'amag' and not cfg.adaptor and cfg.dropout == 0
+def stackable(cfg: RunConfig, device='cpu') -> bool:
+    "Whether `cfg`'s model can be vmapped over seeds on `device` (not with the fused Adaptor, nor with dropout's CPU masks)."
+    return cfg.model == 'amag' and not cfg.adaptor and (cfg.dropout == 0 or get_device(device).type != 'cpu')
 
 class StackedStep:
     "`TrainStep` for k models of one configuration at once: stacked parameters, a vmapped forward, per-seed clipping."
     def __init__(self, cfg: RunConfig, models: list[nn.Module], device, weight: torch.Tensor | None = None):
-        if not stackable(cfg): raise ValueError(f"{cfg.phase}: a model with the fused Adaptor or dropout cannot be vmapped over seeds; train seeds one by one")
+        if not stackable(cfg, device): raise ValueError(f"{cfg.phase}: a model with the fused Adaptor or dropout cannot be vmapped over seeds; train seeds one by one")
         self.cfg, self.dev, self.k = cfg, torch.device(device), len(models)
         self.base = copy.deepcopy(models[0]).to('meta')
         self.base.encoder_tile = 0                    # recomputed tiles cannot run under vmap; the math is the same

@@ -203,6 +203,7 @@ def compute_stats(x: np.ndarray, chunk: int = 64) -> Stats:
     "Mean and std over trials and time of `x` (N, 20, C, F), two passes in float64 over `chunk` trials at a time, stored as float32."
     x = np.asarray(x)
     n = x.shape[0] * x.shape[1]
+    if n == 0: return Stats(np.full(x.shape[2:], np.nan, np.float32), np.ones(x.shape[2:], np.float32))   # nothing to normalise by
     blocks = lambda: (x[i:i + chunk].astype(np.float64) for i in range(0, len(x), chunk))   # never a float64 copy of all of x
     mean = sum(b.sum((0, 1)) for b in blocks()) / n
     std = np.sqrt(sum(((b - mean) ** 2).sum((0, 1)) for b in blocks()) / n)
@@ -278,7 +279,8 @@ class DeviceBatcher:
                  batch_size: int, device: str | torch.device = 'cpu', seed: int = 0, shuffle: bool = True, drop_last: bool = False,
                  stats: dict[str, Stats] | None = None): # per-session statistics: each batch is normalised with its trials' own
         if batch_size < 1: raise ValueError(f"batch_size must be >= 1, found {batch_size}")
-        if stats is not None and set(stats) < set(arrays): raise KeyError(f"no statistics for sessions {sorted(set(arrays) - set(stats))}")
+        missing = sorted(set(arrays) - set(stats or arrays))
+        if missing: raise KeyError(f"no statistics for sessions {missing}")
         self.keys = list(arrays)
         self.device, self.batch_size, self.shuffle, self.drop_last = torch.device(device), batch_size, shuffle, drop_last
         parts = [torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in arrays.values()]

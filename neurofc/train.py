@@ -19,10 +19,10 @@ from .config import RunConfig, phase_config
 from .losses import forecast_mse, forecast_huber, mmd_loss, spectral_loss, variance_weights
 
 # %% auto 0
-__all__ = ['MODEL_BUILDERS', 'lr_factor', 'is_cycle_end', 'EMA', 'augment', 'mixup', 'Forecaster', 'context_stats',
-           'score_sessions', 'persistence', 'run_name', 'atomic_save', 'environment', 'prepare_run_dir', 'build_model',
-           'loss_weight', 'augments', 'make_optimizer', 'TrainStep', 'fit', 'members_of', 'load_run', 'finish_run',
-           'train_seeds']
+__all__ = ['RESUME_IGNORES', 'MODEL_BUILDERS', 'lr_factor', 'is_cycle_end', 'EMA', 'augment', 'mixup', 'Forecaster',
+           'context_stats', 'score_sessions', 'persistence', 'run_name', 'atomic_save', 'environment',
+           'prepare_run_dir', 'build_model', 'loss_weight', 'augments', 'make_optimizer', 'TrainStep', 'fit',
+           'members_of', 'load_run', 'finish_run', 'train_seeds']
 
 # %% ../nbs/07_train.ipynb
 def lr_factor(cfg: RunConfig, epoch: float) -> float:
@@ -158,6 +158,8 @@ def environment(device: torch.device) -> dict:
             'device': str(device), 'device_name': torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine(),
             'threads': torch.get_num_threads(), 'git_commit': _git_commit()}
 
+RESUME_IGNORES = ('epochs', 'adaptor_chunk', 'checkpoint', 'encoder_tile', 'compile', 'cooldown_s', 'max_gpu_temp')   # budget, memory, speed
+
 def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> bool:
     "Create `run_dir`, or check it may be resumed; returns whether a checkpoint exists to resume from."
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -165,7 +167,7 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> bool:
             raise FileExistsError(f"Run directory {run_dir} already exists; pass resume=True to continue it from its last "
                                   f"checkpoint, or remove it / choose another runs_dir (neurofc never overwrites a run)")
         old = RunConfig.from_json(run_dir / 'config.json')
-        diff = {k: (v, getattr(cfg, k)) for k, v in old.to_dict().items() if getattr(cfg, k) != v and k != 'epochs'}
+        diff = {k: (v, getattr(cfg, k)) for k, v in old.to_dict().items() if getattr(cfg, k) != v and k not in RESUME_IGNORES}
         if diff: raise ValueError(f"Cannot resume {run_dir}: its config differs in {diff} (saved, requested)")
         return (run_dir / 'last.pt').exists()
     run_dir.mkdir(parents=True, exist_ok=True)
