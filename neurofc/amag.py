@@ -111,7 +111,7 @@ class Encoder(nn.Module):
         if tile < 0: raise ValueError(f"encoder tile must be >= 0 (0 = no tiling), found {tile}")
         self.blocks = nn.ModuleList(Block(d, heads, d_ff, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(d)
-        self.tile = tile
+        self.tile, self.keep = tile, 0   # keep: bytes of tile activations kept rather than recomputed (set by AMAG)
 
     def _run(self, x: Tensor, start: int = 0) -> Tensor:
         for i, b in enumerate(self.blocks): x = b(x, start if i == len(self.blocks) - 1 else 0)
@@ -121,7 +121,7 @@ class Encoder(nn.Module):
                 start: int = 0,   # return positions >= start only: the last block computes no other queries
                ) -> Tensor:
         if not 0 <= start < x.shape[1]: raise ValueError(f"start must be in [0, {x.shape[1]}), found {start}")
-        return _tiled(lambda t: self._run(t, start), x, self.tile, self.parameters())
+        return _tiled(lambda t: self._run(t, start), x, self.tile, self.parameters(), self.keep)
 
 def _amp(dev: str) -> tuple[bool, torch.dtype]:
     "Autocast's state on device type `dev` (torch >= 2.4 API, older fallbacks)."
@@ -130,52 +130,74 @@ def _amp(dev: str) -> tuple[bool, torch.dtype]:
         if dev == 'cuda': return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
         return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
 
-def _fill(fn, x: Tensor, tile: int) -> Tensor:
-    "`fn` over tiles of `x`'s first axis (no gradients), written into one output buffer."
-    out, x = None, x.detach()
-    for s in range(0, len(x), tile):
+def _fill(fn, x: Tensor, tile: int, out: Tensor | None = None, start: int = 0) -> Tensor:
+    "`fn` over tiles of `x[start:]`'s first axis (no gradients), written into one output buffer."
+    x = x.detach()
+    for s in range(start, len(x), tile):
         y = fn(x[s:s + tile])
         if out is None: out = y.new_empty((len(x), *y.shape[1:]))
         out[s:s + len(y)] = y
     return out
 
+def _saved_bytes(fn, *args) -> tuple[Tensor, int]:
+    "`fn(*args)` and the bytes of the distinct storages its graph saves for the backward pass."
+    seen = {}
+    def pack(t):
+        st = t.untyped_storage(); seen[st.data_ptr()] = st.nbytes(); return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): y = fn(*args)
+    return y, sum(seen.values())
+
 class _Tiles(torch.autograd.Function):
-    "`fn` over tiles of `x` keeping no activations: forward without a graph, backward recomputes tile by tile (same RNG draws, same autocast)."
+    "`fn` over tiles of `x`: the first tiles keep their graph while `keep` bytes last, the rest run without one and are recomputed in backward (same RNG draws, same autocast)."
     @staticmethod
-    def forward(ctx, fn, x, tile: int, *params):
+    def forward(ctx, fn, x, tile: int, keep: int, *params):
         dev = x.device.type
-        ctx.fn, ctx.tile, ctx.amp = fn, tile, _amp(dev)
+        ctx.fn, ctx.tile, ctx.amp, ctx.kept = fn, tile, _amp(dev), []
+        out, s = None, 0
+        with torch.enable_grad():                                 # kept tiles: the graph is the saved state
+            while keep > 0 and s < len(x):
+                xi = x[s:s + tile].detach().requires_grad_(ctx.needs_input_grad[1])
+                yi, size = _saved_bytes(fn, xi)
+                if out is None: out = yi.new_empty((len(x), *yi.shape[1:]))
+                out[s:s + len(yi)] = yi.detach()
+                ctx.kept.append((xi, yi)); s += len(xi); keep -= size
+                if keep < size: break                             # the next tile would not fit
+        ctx.first = s                                             # tiles from here on are recomputed
         ctx.rng = torch.get_rng_state(), (torch.cuda.get_rng_state(x.device) if dev == 'cuda' else None)
         ctx.save_for_backward(x, *params)
-        return _fill(fn, x, tile)
+        return _fill(fn, x, tile, out, s)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
         x, *params = ctx.saved_tensors
-        want_x, want_p = ctx.needs_input_grad[1], ctx.needs_input_grad[3:]
+        want_x, want_p = ctx.needs_input_grad[1], ctx.needs_input_grad[4:]
         gx = torch.empty_like(x) if want_x else None
         live = [i for i, w in enumerate(want_p) if w]
         gp = [torch.zeros_like(p) if i in live else None for i, p in enumerate(params)]   # before the tiles' buffers
+        def grad(s, xi, yi):
+            grads = torch.autograd.grad(yi, [xi] * want_x + [params[i] for i in live], g[s:s + len(xi)], allow_unused=True)
+            if want_x: gx[s:s + len(xi)] = grads[0]
+            for i, gi in zip(live, grads[want_x:]):
+                if gi is not None: gp[i].add_(gi)
+        s = 0
+        for xi, yi in ctx.kept: grad(s, xi, yi); s += len(xi)      # kept graphs, freed as they are used
+        ctx.kept = []
         dev = x.device
         with torch.random.fork_rng(devices=[dev] if dev.type == 'cuda' else []):
             torch.set_rng_state(ctx.rng[0])                   # replay the forward's dropout masks
             if ctx.rng[1] is not None: torch.cuda.set_rng_state(ctx.rng[1], dev)
             with torch.enable_grad(), torch.autocast(dev.type, dtype=ctx.amp[1], enabled=ctx.amp[0]):
-                for s in range(0, len(x), ctx.tile):
+                for s in range(ctx.first, len(x), ctx.tile):
                     xi = x[s:s + ctx.tile].detach().requires_grad_(want_x)
-                    grads = torch.autograd.grad(ctx.fn(xi), [xi] * want_x + [params[i] for i in live], g[s:s + len(xi)],
-                                                allow_unused=True)
-                    if want_x: gx[s:s + len(xi)] = grads[0]
-                    for i, gi in zip(live, grads[want_x:]):
-                        if gi is not None: gp[i].add_(gi)
-        return None, gx, None, *gp
+                    grad(s, xi, ctx.fn(xi))
+        return None, gx, None, None, *gp
 
-def _tiled(fn, x: Tensor, tile: int, params=()) -> Tensor:
-    "`fn` (using `params`) over tiles of `x`'s first axis; with gradients, each tile is recomputed in backward (`_Tiles`)."
+def _tiled(fn, x: Tensor, tile: int, params=(), keep: int = 0) -> Tensor:
+    "`fn` (using `params`) over tiles of `x`'s first axis; with gradients, tiles beyond `keep` bytes of graph are recomputed in backward (`_Tiles`)."
     if not tile or len(x) <= tile: return fn(x)
     if not torch.is_grad_enabled(): return _fill(fn, x, tile)
-    return _Tiles.apply(fn, x, tile, *[p for p in params if p.requires_grad])
+    return _Tiles.apply(fn, x, tile, keep, *[p for p in params if p.requires_grad])
 
 # %% ../nbs/04_amag.ipynb
 class FeatureEmbed(nn.Module):
@@ -208,7 +230,7 @@ class TemporalEncoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, T, C, Fe = x.shape
         seqs = x.transpose(1, 2).reshape(B * C, T, Fe)               # one sequence per (trial, channel)
-        return _tiled(self._run, seqs, self.encoder.tile, self.parameters()).view(B, C, T, -1)   # (B, C, T, d)
+        return _tiled(self._run, seqs, self.encoder.tile, self.parameters(), self.encoder.keep).view(B, C, T, -1)   # (B, C, T, d)
 
 # %% ../nbs/04_amag.ipynb
 def correlation_adjacency(lmp: Tensor | np.ndarray, # training LMP `(N, T, C)` (or full trials `(N, T, C, F)`: feature 0 is used)
@@ -429,14 +451,14 @@ class ChannelAttention(nn.Module):
         super().__init__()
         _check_heads(d, heads, 'channel attention')
         self.norm, self.attn, self.drop = nn.LayerNorm(d), SelfAttention(d, heads, dropout), Dropout(dropout)
-        self.tile = 0                                                 # bins per recomputed tile (set by AMAG)
+        self.tile, self.keep = 0, 0                                   # bins per recomputed tile, bytes kept (set by AMAG)
 
     def _block(self, x: Tensor) -> Tensor: return x + self.drop(self.attn(self.norm(x)))
 
     def forward(self, z: Tensor) -> Tensor:
         B, C, T, d = z.shape
         x = z.transpose(1, 2).reshape(B * T, C, d)                   # tokens = channels
-        return _tiled(self._block, x, self.tile, self.parameters()).view(B, T, C, d).transpose(1, 2)
+        return _tiled(self._block, x, self.tile, self.parameters(), self.keep).view(B, T, C, d).transpose(1, 2)
 
 # %% ../nbs/04_amag.ipynb
 class TemporalReadout(nn.Module):
@@ -452,7 +474,7 @@ class TemporalReadout(nn.Module):
         B, C, T, d = z.shape
         if not 0 <= start < T: raise ValueError(f"start must be in [0, {T}), found {start}")
         run = lambda t: self.head(self.encoder._run(t + self.pe[:T], start))    # positions, blocks, head: all in the tiles
-        return _tiled(run, z.reshape(B * C, T, d), self.encoder.tile, self.parameters()).view(B, C, T - start).transpose(1, 2)
+        return _tiled(run, z.reshape(B * C, T, d), self.encoder.tile, self.parameters(), self.encoder.keep).view(B, C, T - start).transpose(1, 2)
 
 # %% ../nbs/04_amag.ipynb
 class SessionEmbedding(nn.Module):
@@ -497,6 +519,7 @@ class AMAG(nn.Module):
                  checkpoint: bool = False,             # keep no Adaptor pair activations (recompute in backward)
                  adaptor_impl: str = 'fused',          # 'fused' (`_PairMLP`) or 'naive' (literal, checkpointed: the plain path)
                  encoder_tile: int | None = 0,         # TE/TR sequences per recomputed tile (0: all at once; None: 256 on a CPU, 0 elsewhere)
+                 encoder_keep_mb: int = 0,             # per TE/TR/channel attention: MB of tile activations kept, not recomputed
                 ):
         super().__init__()
         if n_channels < 1: raise ValueError(f"n_channels must be positive, found {n_channels}")
@@ -513,8 +536,11 @@ class AMAG(nn.Module):
         self.ca = ChannelAttention(hidden, channel_heads, dropout) if channel_attention else None
         self.tr = TemporalReadout(hidden, heads, layers, d_ff, dropout)
         if encoder_tile is not None and encoder_tile < 0: raise ValueError(f"encoder_tile must be >= 0 (0 = no tiling), found {encoder_tile}")
+        if encoder_keep_mb < 0: raise ValueError(f"encoder_keep_mb must be >= 0, found {encoder_keep_mb}")
         self.encoder_tile = encoder_tile
         self._tiles(encoder_tile or 0)
+        for m in (self.te.encoder, self.tr.encoder, self.ca):
+            if m is not None: m.keep = encoder_keep_mb << 20
 
     def _tiles(self, tile: int):
         self.te.encoder.tile = self.tr.encoder.tile = tile

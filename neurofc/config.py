@@ -39,6 +39,7 @@ class RunConfig(Config):
     adaptor_chunk: int = 0              # target channels per Adaptor tile, 0 = automatic (memory/speed only, not the science)
     checkpoint: bool = False            # recompute Adaptor tiles in backward (memory only)
     encoder_tile: int | None = None     # TE/TR sequences per recomputed tile; 0 = all at once; None = 256 on a CPU, 0 on a GPU (memory/speed only)
+    encoder_keep_mb: int = 0            # per encoder: MB of tile activations kept instead of recomputed (memory/speed only)
     # --- optimisation
     batch_size: int | None = None       # None: 16 for affi, 32 for beignet
     optimizer: Literal['adam', 'adamw'] = 'adam'
@@ -96,7 +97,7 @@ class RunConfig(Config):
         for name in ('lr', 'huber_delta'):
             if getattr(self, name) <= 0: raise ValueError(f"{name} must be > 0, found {getattr(self, name)}")
         for name in ('weight_decay', 'mmd_weight', 'spectral_weight', 'mixup_alpha', 'jitter', 'scale_aug', 'phase_aug',
-                     'grad_clip', 'warmup', 'patience', 'snapshots', 'cooldown_s', 'eta_min', 'adaptor_chunk'):
+                     'grad_clip', 'warmup', 'patience', 'snapshots', 'cooldown_s', 'eta_min', 'adaptor_chunk', 'encoder_keep_mb'):
             if getattr(self, name) < 0: raise ValueError(f"{name} must be >= 0, found {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1: raise ValueError(f"ema_decay must be in [0, 1), found {self.ema_decay}")
         if self.encoder_tile is not None and self.encoder_tile < 0: raise ValueError(f"encoder_tile must be >= 0 or None, found {self.encoder_tile}")
@@ -115,7 +116,7 @@ class RunConfig(Config):
     def model_kwargs(self) -> dict:
         "Keyword arguments of `neurofc.amag.AMAG` (besides channel and session counts)."
         names = ('hidden', 'heads', 'layers', 'd_ff', 'dropout', 'adaptor', 'modulator', 'feature_pathways',
-                 'channel_attention', 'channel_heads', 'session_embedding', 'revin', 'adaptor_chunk', 'checkpoint', 'encoder_tile')
+                 'channel_attention', 'channel_heads', 'session_embedding', 'revin', 'adaptor_chunk', 'checkpoint', 'encoder_tile', 'encoder_keep_mb')
         return {k: getattr(self, k) for k in names}
 
 _COMPETE = dict(hidden=128, heads=4, layers=2, d_ff=512, dropout=0.1, optimizer='adamw', weight_decay=1e-4,
@@ -127,7 +128,7 @@ _COMPETE = dict(hidden=128, heads=4, layers=2, d_ff=512, dropout=0.1, optimizer=
 _REFERENCE = dict(hidden=64, heads=1, layers=1, d_ff=256, dropout=0.0, optimizer='adamw', lr=5e-4, weight_decay=1e-4,
                   scheduler='cosine', t0=60, warmup=10, epochs=300, patience=40, val_every=5, adaptor=False,
                   ema_decay=0.999, mixup_alpha=0.15, jitter=0.01, scale_aug=0.05, channel_dropout=0.05, phase_aug=0.1,
-                  channel_weight='variance', channel_weight_clamp=10.0, predictor='ema')
+                  channel_weight='variance', channel_weight_clamp=10.0, predictor='ema', encoder_keep_mb=512)
 PHASE_DEFAULTS = {'paper': {}, 'compete': _COMPETE, 'reference': _REFERENCE}
 
 _PLAIN = dict(dropout=0.0, adaptor=False, feature_pathways=False, channel_attention=False, session_embedding=False,

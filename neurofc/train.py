@@ -158,7 +158,7 @@ def environment(device: torch.device) -> dict:
             'device': str(device), 'device_name': torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine(),
             'threads': torch.get_num_threads(), 'git_commit': _git_commit()}
 
-RESUME_IGNORES = ('epochs', 'adaptor_chunk', 'checkpoint', 'encoder_tile', 'compile', 'cooldown_s', 'max_gpu_temp')   # budget, memory, speed
+RESUME_IGNORES = ('epochs', 'adaptor_chunk', 'checkpoint', 'encoder_tile', 'encoder_keep_mb', 'compile', 'cooldown_s', 'max_gpu_temp')   # budget, memory, speed
 
 def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> bool:
     "Create `run_dir`, or check it may be resumed; returns whether a checkpoint exists to resume from."
