@@ -376,7 +376,8 @@ def write_report(res: dict, out_dir: str | Path = 'reports', command: str = 'pyt
              f"{m['threads']} threads, Python {m['python']}. Matmul rate measured in this run: **{res['matmul_gflops']:.0f} GFLOP/s** "
              f"({'bf16' if m['device'].startswith('cuda') else 'float32'}, 2048² `mm`, median of 7; the better of the runs at the "
              f"start and the end: {', '.join(f'{r:.0f}' for r in res['matmul_runs'])}).", "",
-             *(["**Quick (smoke) mode**: small models and batches; no comparison with the reference figures is meaningful.", ""]
+             *(["**Quick (smoke) mode**: small models and batches, one timed batch: no comparison with the reference figures, the "
+                "plain path, the seeds or the extrapolation check is meaningful; it shows that the benchmark runs.", ""]
                if res.get('quick') else []),
              "Data: the built-in simulator at the real shapes (timing does not depend on the values). s/epoch = median s/batch × "
              "batches per epoch of neurofc's split + amortised validation. × ref is per batch against the reference "
@@ -384,7 +385,15 @@ def write_report(res: dict, out_dir: str | Path = 'reports', command: str = 'pyt
              "per-sample host batching) timed in this run. guard: largest relative difference between the two paths "
              "(forecasts, gradients, parameters after one optimiser step). Peak GB: the process's resident high-water mark. "
              "The optimized path runs in separate processes minutes apart (s/batch of each run) and the faster run counts, "
-             "since other tenants of a shared machine only slow a run down; the peak is the larger; the plain path runs once.", "",
+             "since other tenants of a shared machine only slow a run down; the peak is the larger; the plain path runs once. "
+             "% matmul: GFLOP/s of a training step as a share of the matmul rate above. full epoch s: one whole epoch, timed "
+             "for the smallest configuration only.", "",
+             "Configurations (`neurofc.config`): `paper` is Phase 1 (AMAG as published, Adaptor on), `compete` Phase 2 (all "
+             "extensions, the seed table's setting), `reference` the competition entry's own defaults. The reference figures "
+             "(ref s/epoch) are the public reference implementation's, timed on a machine of this kind at the same "
+             "hyperparameters (project issue 10); it has none for `compete`. Targets (issue 10): ≥ 10× the reference per epoch "
+             "for `paper`, ≥ 3× for `reference`, ≥ 40 % of the matmul rate for `compete` (no reference figure), and a peak "
+             "resident memory ≤ 1.5 GB for every configuration (columns met and ≤ 1.5 GB).", "",
              fmt(t), ""]
     for _, r in epoch_rows.iterrows():
         lines.append(f"Extrapolation check ({r['config']}): one full epoch measured {r['full epoch s']:.1f} s, "
@@ -392,7 +401,9 @@ def write_report(res: dict, out_dir: str | Path = 'reports', command: str = 'pyt
     if len(st):
         lines += ["", "## Several seeds", "", fmt(st), "",
                   "Stacked: the seeds' models vmapped as one (`StackedStep`, torch.func), proven equal to separate runs in "
-                  "`nbs/12_bench.ipynb`. Configurations with the fused Adaptor train seeds one after another."]
+                  "`nbs/12_bench.ipynb`. A speed-up below 1 means one-after-another is faster on this device (on a CPU the "
+                  "stacked model runs untiled and out of cache), so `train_seeds` trains seeds one after another. "
+                  "Configurations with the fused Adaptor or CPU dropout cannot be stacked."]
     (out / 'benchmarks.md').write_text('\n'.join(lines) + '\n')
     (out / 'benchmarks.json').write_text(json.dumps(res, indent=1))
     return out / 'benchmarks.md'
@@ -428,7 +439,7 @@ def main(argv: list[str] | None = None):
               repeats=1 if a.quick else 2)
     path = write_report(res, a.out, 'python -m neurofc.bench ' + ' '.join(argv if argv is not None else sys.argv[1:]))
     print(table(res).to_string(index=False))
-    print(f"wrote {path} and {path.with_suffix('.csv')}")
+    print(f"wrote {path}, {path.with_suffix('.csv')} and the raw {path.with_suffix('.json')}")
 
 # %% ../nbs/12_bench.ipynb
 #| eval: false
