@@ -17,7 +17,7 @@ from torch.utils.flop_counter import flop_registry
 import neurofc
 from .core import get_device, resolve_path, seed_everything
 from .config import phase_config, RunConfig
-from .data import Batch, DeviceBatcher, MonkeyData, SessionRouter, load_monkey, mask_future, normalize
+from .data import Batch, DeviceBatcher, MonkeyData, SessionRouter, Stats, load_monkey, mask_future, normalize
 from .synthetic import ensure_synthetic
 from .train import Forecaster, TrainStep, augment, augments, build_model, loss_weight, make_optimizer, score_sessions
 
@@ -67,10 +67,12 @@ def matmul_rate(device: str | torch.device = 'cpu', n: int = 2048, reps: int = 7
 
 # %% ../nbs/12_bench.ipynb
 class HostBatcher:
-    "Plain-path batches: per-sample Python on the host (gather, mask, augment), then a copy to the device."
-    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, device, cfg: RunConfig | None = None, seed: int = 0):
+    "Plain-path batches: per-sample Python on the host (gather, normalise, mask, augment), then a copy to the device."
+    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, device, cfg: RunConfig | None = None, seed: int = 0,
+                 stats: dict[str, Stats] | None = None):   # as `DeviceBatcher`: raw arrays with their sessions' statistics
         self.x = np.concatenate([np.asarray(a, np.float32) for a in arrays.values()])
         self.session = torch.cat([torch.full((len(a),), i, dtype=torch.long) for i, a in enumerate(arrays.values())])
+        self.stats = None if stats is None else [stats[k] for k in arrays]
         self.batch_size, self.device, self.cfg = batch_size, torch.device(device), cfg
         self.augment = cfg is not None and augments(cfg)
         self.gen = torch.Generator().manual_seed(seed)
@@ -83,7 +85,8 @@ class HostBatcher:
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             xs, ys = [], []
             for j in idx.tolist():
-                full = torch.from_numpy(self.x[j:j + 1])
+                trial = self.x[j:j + 1]
+                full = torch.from_numpy(trial if self.stats is None else normalize(trial, self.stats[int(self.session[j])]))
                 x, y = mask_future(full), full[..., 0]
                 if self.augment: x, y = augment(x, y, self.cfg, self.gen)
                 xs.append(x); ys.append(y)
@@ -121,7 +124,7 @@ def guard(cfg: RunConfig, data: MonkeyData, device='cpu', tol: float = 1e-9, dty
     cfg = cfg.replace(jitter=0.0, scale_aug=0.0, channel_dropout=0.0, phase_aug=0.0, mixup_alpha=0.0, amp=False, batch_size=batch)
     fast, plain = (m.to(dtype) for m in build_pair(cfg, data, dev))
     b = next(iter(DeviceBatcher(data.train, cfg.batch, dev, seed=0, stats=data.stats)))
-    hb = next(iter(HostBatcher({k: normalize(v, data.stats[k]) for k, v in data.train.items()}, cfg.batch, dev, seed=0)))
+    hb = next(iter(HostBatcher(data.train, cfg.batch, dev, seed=0, stats=data.stats)))
     batch_diff = _rel([b.x, b.y], [hb.x, hb.y])
     b, hb = (Batch(t.x.to(dtype), t.y.to(dtype), t.session) for t in (b, hb))
     w = loss_weight(cfg, data, dev)
@@ -174,7 +177,7 @@ def measure(phase: str, monkey: str, path: str = 'optimized', device='cpu', warm
     del fast, plain
     step = TrainStep(cfg, model, dev, loss_weight(cfg, data, dev), augment=path == 'optimized', fused=path == 'optimized')
     batcher = (DeviceBatcher(data.train, cfg.batch, dev, seed=0, stats=data.stats) if path == 'optimized' else
-               HostBatcher({k: normalize(v, data.stats[k]) for k, v in data.train.items()}, cfg.batch, dev, cfg, seed=0))
+               HostBatcher(data.train, cfg.batch, dev, cfg, seed=0, stats=data.stats))
     def batches():
         while True: yield from batcher
     it, times = batches(), []
@@ -211,8 +214,7 @@ class StackedStep:
         self.cfg, self.dev, self.k = cfg, torch.device(device), len(models)
         self.base = copy.deepcopy(models[0]).to('meta')
         self.base.encoder_tile = 0                    # recomputed tiles cannot run under vmap; the math is the same
-        for m in self.base.modules():
-            if hasattr(m, 'tile'): m.tile = 0
+        self.base._tiles(0)
         params, self.buffers = torch.func.stack_module_state(models)
         self.names = list(params)
         self.params = [params[n] for n in self.names]
