@@ -52,7 +52,7 @@ class RunConfig(Config):
     warmup: int = 0                     # linear warm-up epochs
     eta_min: float = 1e-6
     epochs: int = 500
-    patience: int = 50                  # early stopping, in epochs without validation improvement
+    patience: int = 50                  # early stopping: epochs without validation improvement; 0 = never stop early
     val_every: int = 10                 # validation cadence (epochs)
     grad_clip: float = 1.0              # max gradient norm; 0 disables
     # --- losses

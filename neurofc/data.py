@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb 2
 from __future__ import annotations
-import dataclasses, json, re, zlib
+import dataclasses, hashlib, json, math, re, zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -15,10 +15,10 @@ from .core import resolve_path
 
 # %% auto 0
 __all__ = ['T_CONTEXT', 'T_TOTAL', 'N_FEATURES', 'MONKEYS', 'mask_future', 'challenge_mse', 'Session', 'Monkey',
-           'register_monkey', 'get_monkey', 'add_session', 'load_registry', 'check_array', 'load_npz', 'save_npz',
-           'find_sessions', 'session_path', 'load_split', 'has_real_data', 'Stats', 'compute_stats', 'normalize',
-           'denormalize_lmp', 'split_indices', 'make_splits', 'MonkeyData', 'load_monkey', 'Batch', 'DeviceBatcher',
-           'SessionRouter']
+           'register_monkey', 'get_monkey', 'add_session', 'load_registry', 'check_array', 'load_npz', 'masked_trials',
+           'array_digest', 'save_npz', 'find_sessions', 'session_path', 'load_session', 'load_split', 'has_real_data',
+           'Stats', 'compute_stats', 'normalize', 'denormalize_lmp', 'split_indices', 'make_splits', 'MonkeyData',
+           'load_monkey', 'Batch', 'DeviceBatcher', 'binom_tail', 'SessionRouter']
 
 # %% ../nbs/01_data.ipynb
 T_CONTEXT, T_TOTAL = 10, 20   # bins 0-9 are context, 10-19 are forecast
@@ -53,6 +53,7 @@ class Session:
     main: bool = False           # the main (training-heavy) day; every other day is cross-date
     n_train: int | None = None   # published trial counts (None: unknown)
     n_test: int | None = None
+    discovered: bool = False     # found from a file name in some data folder (belongs to that folder only)
 
     @property
     def train_file(self) -> str: return f'train_data_{self.key}.npz'
@@ -72,6 +73,10 @@ class Monkey:
 
     @property
     def main(self) -> Session: return next(s for s in self.sessions if s.main)
+    @property
+    def registered(self) -> list[Session]:
+        "Its days, without those only found from file names in some folder (see `find_sessions`)."
+        return [s for s in self.sessions if not s.discovered]
     def session(self, key: str) -> Session:
         for s in self.sessions:
             if key in (s.key, s.name): return s
@@ -95,11 +100,11 @@ def get_monkey(name: str) -> Monkey:
     if name not in MONKEYS: raise KeyError(f"Unknown monkey {name!r}; known monkeys: {sorted(MONKEYS)}")
     return MONKEYS[name]
 
-def add_session(monkey: str, key: str, name: str | None = None, main: bool = False, **counts) -> Session:
+def add_session(monkey: str, key: str, name: str | None = None, main: bool = False, **kw) -> Session:
     "Register one more (cross-date) day for `monkey`."
     m = get_monkey(monkey)
     if any(s.key == key for s in m.sessions): return m.session(key)
-    s = Session(m.name, key, name or key, main, **counts)
+    s = Session(m.name, key, name or key, main, **kw)
     m.sessions.append(s)
     return s
 
@@ -119,8 +124,8 @@ register_monkey('beignet', 89, [
 
 # %% ../nbs/01_data.ipynb
 def check_array(x, n_channels: int | None = None, source: str = 'array', n_features: int | None = N_FEATURES,
-                n_steps: int = T_TOTAL) -> np.ndarray:
-    "Validate a trials array `(N, 20, C, 9)` and return it as float32."
+                n_steps: int = T_TOTAL, min_trials: int = 0) -> np.ndarray:
+    "Validate a trials array `(N, 20, C, 9)` (at least `min_trials` of them) and return it as float32."
     if not isinstance(x, np.ndarray): x = np.asarray(x)
     if x.dtype.kind not in 'fiu': raise TypeError(f"{source}: expected a numeric array, found dtype {x.dtype}")
     want = 4 if n_features else 3
@@ -130,6 +135,8 @@ def check_array(x, n_channels: int | None = None, source: str = 'array', n_featu
     if n_features and x.shape[3] != n_features: raise ValueError(f"{source}: expected {n_features} features on axis 3, found {x.shape[3]} (shape {x.shape})")
     if n_channels is not None and x.shape[2] != n_channels:
         raise ValueError(f"{source}: expected {n_channels} channels on axis 2, found {x.shape[2]} (shape {x.shape})")
+    if x.shape[0] < min_trials:
+        raise ValueError(f"{source}: expected at least {min_trials} trial(s) on axis 0, found {x.shape[0]} (shape {x.shape})")
     bad = ~np.isfinite(x) if x.dtype.kind == 'f' else None
     if bad is not None and bad.any():
         idx = np.argwhere(bad)
@@ -139,14 +146,45 @@ def check_array(x, n_channels: int | None = None, source: str = 'array', n_featu
                          f"{trials[:10].tolist()}{' ...' if len(trials) > 10 else ''}; first at index {tuple(idx[0].tolist())}")
     return x.astype(np.float32, copy=False)
 
-def load_npz(path: str | Path, n_channels: int | None = None) -> np.ndarray:
-    "Load `arr_0` of a challenge `.npz` file, validated by `check_array`."
+_NPZ = "a NumPy .npz archive (np.savez) holding the array 'arr_0'"
+
+def _what(path: Path) -> str:
+    "What a file that is not a readable `.npz` holds, from its size and first bytes."
+    size = path.stat().st_size
+    with open(path, 'rb') as f: head = f.read(8)
+    if size == 0: return 'an empty file (0 bytes)'
+    if head.startswith(b'\x93NUMPY'): return f'a bare .npy array (np.save, not np.savez; {size:,} bytes)'
+    if head.startswith(b'PK'): return f'a truncated or damaged zip archive ({size:,} bytes)'
+    return f'{size:,} bytes that are not a zip archive (first bytes {head!r})'
+
+def load_npz(path: str | Path, n_channels: int | None = None, min_trials: int = 1) -> np.ndarray:
+    "Load `arr_0` of a challenge `.npz` file, validated by `check_array`; every failure names the file."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"Data file {path} does not exist")
-    with np.load(path, allow_pickle=False) as z:
+    try: z = np.load(path, allow_pickle=False)
+    except Exception as e: raise ValueError(f"{path}: expected {_NPZ}, found {_what(path)} ({type(e).__name__})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: expected {_NPZ}, found a bare .npy array (np.save, not np.savez) of shape {z.shape}")
+    with z:
         if 'arr_0' not in z.files: raise KeyError(f"{path}: expected an array named 'arr_0', found {z.files}")
-        x = z['arr_0']
-    return check_array(x, n_channels, str(path))
+        try: x = z['arr_0']
+        except ValueError as e:
+            if 'Object arrays' not in str(e): raise ValueError(f"{path}: 'arr_0' is unreadable: {e}") from None
+            raise TypeError(f"{path}: expected a numeric array, found an object (pickled) array, which neurofc never "
+                            f"unpickles") from None
+        except Exception as e:
+            raise ValueError(f"{path}: expected {_NPZ}, found a truncated or damaged archive ({type(e).__name__}: {e})") from None
+    return check_array(x, n_channels, str(path), min_trials=min_trials)
+
+def masked_trials(x: np.ndarray) -> np.ndarray:
+    "Indices of trials whose bins 10-19 repeat bin 9 exactly in every channel and feature (the masking rule)."
+    return np.flatnonzero((x[:, T_CONTEXT:] == x[:, T_CONTEXT - 1:T_CONTEXT]).all(axis=tuple(range(1, x.ndim))))
+
+def array_digest(x: np.ndarray) -> str:
+    "SHA-256 of an array's dtype, shape and bytes: the identity of a data file's content."
+    h = hashlib.sha256(f'{x.dtype.str}{x.shape}'.encode())
+    h.update(memoryview(np.ascontiguousarray(x)).cast('B'))
+    return h.hexdigest()
 
 def save_npz(path: str | Path, x: np.ndarray) -> Path:
     "Write `x` as `arr_0`, as the challenge's files are written (atomically: temporary file, then rename)."
@@ -163,11 +201,12 @@ def _find(data_dir: Path, split: str, fname: str) -> Path | None:
     return None
 
 def find_sessions(data_dir: str | Path, monkey: str) -> list[Session]:
-    "Register cross-date days of `monkey` whose `train_data_<monkey>_<day>.npz` files lie in `data_dir`; return all its sessions."
+    "The sessions of `monkey` in `data_dir`: the registered days, plus days found from `train_data_<monkey>_<day>.npz` names."
     m, data_dir = get_monkey(monkey), resolve_path(data_dir)
+    here = set()
     for p in sorted([*data_dir.glob(f'train/train_data_{m.name}_*.npz'), *data_dir.glob(f'train_data_{m.name}_*.npz')]):
-        add_session(m.name, p.name[len('train_data_'):-len('.npz')])
-    return m.sessions
+        here.add(add_session(m.name, p.name[len('train_data_'):-len('.npz')], discovered=True).key)
+    return [s for s in m.sessions if not s.discovered or s.key in here]   # a day found elsewhere is not one of this folder's
 
 def session_path(data_dir: str | Path, session: Session, split: str = 'train') -> Path:
     "Path of `session`'s file for `split` ('train', 'test' = masked inputs, or 'truth' = unmasked test) in `data_dir`."
@@ -178,11 +217,20 @@ def session_path(data_dir: str | Path, session: Session, split: str = 'train') -
     if p is None: raise FileNotFoundError(f"Missing {split} file for session {session.key!r}: expected {data_dir/folder/fname} (or {data_dir/fname})")
     return p
 
+def load_session(path: str | Path, monkey: str, split: str = 'train') -> np.ndarray:
+    "One session file of `monkey`, validated; training and truth files must hold the true future, not masked trials."
+    x = load_npz(path, get_monkey(monkey).n_channels)
+    masked = masked_trials(x) if split in ('train', 'truth') else []
+    if len(masked):
+        raise ValueError(f"{path}: expected {split} trials with their true bins 10-19, found {len(masked)} of {len(x)} trial(s) "
+                         f"{masked[:10].tolist()}{' ...' if len(masked) > 10 else ''} masked (bins 10-19 repeat bin 9, the "
+                         f"challenge's masking rule): is this a test_data_*_masked.npz file?")
+    return x
+
 def load_split(data_dir: str | Path, monkey: str, split: str = 'train') -> dict[str, np.ndarray]:
     "Every session of `monkey` for `split` as validated arrays, keyed by session key (main day first)."
     if split not in ('train', 'test', 'truth'): raise ValueError(f"Unknown split {split!r}; expected 'train', 'test' or 'truth'")
-    m = get_monkey(monkey)
-    return {s.key: load_npz(session_path(data_dir, s, split), m.n_channels) for s in find_sessions(data_dir, monkey)}
+    return {s.key: load_session(session_path(data_dir, s, split), monkey, split) for s in find_sessions(data_dir, monkey)}
 
 def has_real_data(data_dir: str | Path, monkey: str) -> bool:
     "True when the main-day training file of `monkey` lies in `data_dir` (not in its `synthetic/` folder)."
@@ -249,6 +297,7 @@ class MonkeyData:
     stats: dict[str, Stats]                           # from `train` only
     splits: dict[str, tuple[np.ndarray, np.ndarray]]  # indices into each session file
     source: Path | None = None
+    files: dict[str, dict] = dataclasses.field(default_factory=dict)   # per session: file name, shape, content SHA-256
 
     @property
     def keys(self) -> list[str]: return list(self.train)
@@ -256,15 +305,31 @@ class MonkeyData:
     def n_channels(self) -> int: return get_monkey(self.monkey).n_channels
     def kind(self, key: str) -> str: return get_monkey(self.monkey).session(key).kind
 
+    def fingerprint(self) -> dict:
+        "What these data are: the monkey, its days in order and each day's file (name, shape, content hash)."
+        files = self.files or {k: dict(file=None, shape=[len(self.train[k]) + len(self.val[k]), *self.train[k].shape[1:]],
+                                       sha256=array_digest(np.concatenate([self.train[k], self.val[k]]))) for k in self.keys}
+        return dict(monkey=self.monkey, days=self.keys, files=files)
+
 def load_monkey(data_dir: str | Path, monkey: str, val_frac: float = 0.1, cross_val_frac: float = 0.2,
                 split_seed: int = 0) -> MonkeyData:
     "Load, split and summarise the training sessions of `monkey` in `data_dir`."
     m = get_monkey(monkey)
-    arrays = load_split(data_dir, monkey, 'train')
+    paths = {s.key: session_path(data_dir, s, 'train') for s in find_sessions(data_dir, monkey)}
+    arrays = {k: load_session(p, monkey) for k, p in paths.items()}
     splits = make_splits({k: len(v) for k, v in arrays.items()}, m.main.key, val_frac, cross_val_frac, split_seed)
+    for k, (tr, va) in splits.items():
+        name, frac = ('val_frac', val_frac) if k == m.main.key else ('cross_val_frac', cross_val_frac)
+        if len(arrays[k]) < 2:
+            raise ValueError(f"{paths[k]}: a recording day needs at least 2 trials (one to train on, one to validate), "
+                             f"found {len(arrays[k])}")
+        if not len(va):
+            raise ValueError(f"{paths[k]}: {name}={frac} holds out no trial of its {len(arrays[k])}: expected at least 1 "
+                             f"validation trial per day (checkpoints are chosen on validation), found 0")
     train = {k: arrays[k][splits[k][0]] for k in arrays}
     val = {k: arrays[k][splits[k][1]] for k in arrays}
-    return MonkeyData(m.name, train, val, {k: compute_stats(v) for k, v in train.items()}, splits, resolve_path(data_dir))
+    files = {k: dict(file=p.name, shape=list(arrays[k].shape), sha256=array_digest(arrays[k])) for k, p in paths.items()}
+    return MonkeyData(m.name, train, val, {k: compute_stats(v) for k, v in train.items()}, splits, resolve_path(data_dir), files)
 
 # %% ../nbs/01_data.ipynb
 @dataclasses.dataclass
@@ -314,12 +379,22 @@ class DeviceBatcher:
             yield Batch(mask_future(xb), xb[..., 0], s)
 
     def state_dict(self) -> dict: return {'gen': self.gen.get_state()}
-    def load_state_dict(self, d: dict): self.gen.set_state(d['gen'])
+    def load_state_dict(self, d: dict): self.gen.set_state(d['gen'].cpu())   # a checkpoint loaded onto a GPU holds it there
 
 # %% ../nbs/01_data.ipynb
+def binom_tail(k: int, n: int, p: float) -> float:
+    "P(X >= k) for X ~ Binomial(n, p), summed in log space (no overflow for large n)."
+    if k <= 0: return 1.0
+    lp, lq = math.log(p), math.log1p(-p)
+    return min(1.0, sum(math.exp(math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * lp + (n - j) * lq)
+                        for j in range(k, n + 1)))
+
 class SessionRouter:
-    "Nearest-centroid day classifier on context-LMP statistics of raw trials."
-    def __init__(self, keys: Sequence[str]): self.keys = list(keys)
+    "Nearest-centroid day classifier on context-LMP statistics of raw trials, with each day's own spread."
+    def __init__(self, keys: Sequence[str],
+                 quantile: float = 0.95, # a day's radius: this quantile of its training trials' distances to its centroid
+                 alpha: float = 1e-3):   # a file is unseen when so many trials lie beyond every radius that P < alpha
+        self.keys, self.quantile, self.alpha, self.radius = list(keys), quantile, alpha, None
 
     @staticmethod
     def features(x) -> np.ndarray:
@@ -327,25 +402,58 @@ class SessionRouter:
         x = np.asarray(x[:, :T_CONTEXT, :, 0], np.float64)
         return np.concatenate([x.mean(1), np.log(x.std(1) + 1e-3)], 1)
 
+    def _dist(self, x) -> np.ndarray:
+        "Squared distance (N, K) of each trial to each day's centroid, features standardised over all days (routing)."
+        z = (self.features(x) - self.mu) / self.sd
+        return ((z[:, None] - self.centroids[None]) ** 2).sum(-1)
+
+    def _spread(self, x) -> np.ndarray:
+        "Root-mean-square distance (N, K) of each trial to each day, every feature in units of that day's own std."
+        return np.sqrt((((self.features(x)[:, None] - self.day_mu[None]) / self.day_sd[None]) ** 2).mean(-1))
+
     def fit(self, arrays: dict[str, np.ndarray]) -> SessionRouter:
         "Fit on raw training trials per session (keys in this router's order)."
         f = {k: self.features(arrays[k]) for k in self.keys}
         allf = np.concatenate(list(f.values()))
         self.mu, self.sd = allf.mean(0), allf.std(0) + 1e-6
         self.centroids = np.stack([((f[k] - self.mu) / self.sd).mean(0) for k in self.keys])
+        self.day_mu, self.day_sd = np.stack([f[k].mean(0) for k in self.keys]), np.stack([f[k].std(0) + 1e-6 for k in self.keys])
+        self.radius = np.array([np.quantile(self._spread(arrays[k])[:, i], self.quantile) for i, k in enumerate(self.keys)])
         return self
 
+    def distances(self, x) -> np.ndarray:
+        "Distance (N, K) of each trial of raw `x` to each day, in units of that day's radius (> 1: beyond its spread)."
+        if self.radius is None: raise ValueError("this router was saved without day radii (an older neurofc): refit it")
+        return self._spread(x) / self.radius
+
     def predict(self, x) -> np.ndarray:
-        "Session index of each trial of raw `x` (N, 20, C, F)."
-        z = (self.features(x) - self.mu) / self.sd
-        return ((z[:, None] - self.centroids[None]) ** 2).sum(-1).argmin(1)
+        "Session index of each trial of raw `x` (N, 20, C, F); -1 for a trial whose context LMP is not finite."
+        d = self._dist(x)
+        ok = np.isfinite(d).all(1)
+        return np.where(ok, np.where(ok[:, None], d, 0).argmin(1), -1)
+
+    def route(self, x) -> dict:
+        "How a whole file of raw `x` relates to the known days: nearest day, distances, and whether it is unseen."
+        d, s = self.distances(x), self.predict(x)
+        ok = s >= 0
+        if not ok.any(): raise ValueError(f"none of the {len(x)} trial(s) has a finite context LMP: the day cannot be inferred")
+        near = np.median(d[ok], 0)                      # per day: the median trial's distance
+        out = int((d[ok].min(1) > 1).sum())             # trials beyond every day's radius: ~5 % for a known day
+        p = binom_tail(out, int(ok.sum()), 1 - self.quantile)
+        return dict(day=int(np.bincount(s[ok], minlength=len(self.keys)).argmax()), unseen=bool(p < self.alpha),
+                    distance={k: float(v) for k, v in zip(self.keys, near)}, nearest=float(near.min()),
+                    outside=out / int(ok.sum()), p_value=p, trial_distance=d)
 
     def predict_file(self, x) -> int:
-        "The majority session index of a whole file."
-        return int(np.bincount(self.predict(x), minlength=len(self.keys)).argmax())
+        "The majority session index of a whole file (trials with a non-finite context do not vote)."
+        return self.route(x)['day']
 
-    def state_dict(self) -> dict: return {'keys': self.keys, 'mu': self.mu.tolist(), 'sd': self.sd.tolist(), 'centroids': self.centroids.tolist()}
+    def state_dict(self) -> dict:
+        return {'keys': self.keys, 'mu': self.mu.tolist(), 'sd': self.sd.tolist(), 'centroids': self.centroids.tolist(),
+                'quantile': self.quantile, 'alpha': self.alpha,
+                **{k: None if self.radius is None else getattr(self, k).tolist() for k in ('day_mu', 'day_sd', 'radius')}}
     @classmethod
     def from_state_dict(cls, d: dict) -> SessionRouter:
-        r = cls(d['keys']); r.mu, r.sd, r.centroids = (np.asarray(d[k]) for k in ('mu', 'sd', 'centroids'))
+        r = cls(d['keys'], d.get('quantile', 0.95), d.get('alpha', 1e-3)); r.mu, r.sd, r.centroids = (np.asarray(d[k]) for k in ('mu', 'sd', 'centroids'))
+        for k in ('day_mu', 'day_sd', 'radius'): setattr(r, k, None if d.get(k) is None else np.asarray(d[k]))
         return r

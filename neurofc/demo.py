@@ -4,18 +4,20 @@
 
 # %% ../nbs/11_demo.ipynb 2
 from __future__ import annotations
-import time
+import dataclasses, itertools, time
 from pathlib import Path
 
 from .core import resolve_path
 from .config import phase_config
 from .data import has_real_data
 from .synthetic import ensure_synthetic
-from .train import train_seeds
+from .data import load_monkey
+from .runs import FINGERPRINT, read_json, run_fingerprint, fingerprint_diff
+from .train import fit, run_name, _config, RESUME_IGNORES
 import neurofc.baselines  # registers the baselines
 
 # %% auto 0
-__all__ = ['DEMO_MODELS', 'render_report', 'run_demo']
+__all__ = ['DEMO_MODELS', 'render_report', 'demo_run_dir', 'run_demo']
 
 # %% ../nbs/11_demo.ipynb
 DEMO_MODELS = ('persistence', 'ridge', 'gru', 'paper', 'compete')
@@ -35,19 +37,43 @@ def render_report(monkey: str, runs, data_dir: str | Path = 'data', out: str | P
     html.write_text(body)
     return html
 
+def _differs(run_dir: Path, cfg, fingerprint: dict) -> list[str]:
+    "Why the run in `run_dir` cannot be continued or reused for `cfg` on these data and code (empty: it can)."
+    if not (run_dir / FINGERPRINT).exists(): return [f"it has no {FINGERPRINT}"]
+    try: old, saved = _config(run_dir), read_json(run_dir / FINGERPRINT)
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as e: return [str(e)]
+    diffs = [f"config {k}: {v!r}, now {getattr(cfg, k)!r}" for k, v in old.to_dict().items()
+             if getattr(cfg, k) != v and k not in RESUME_IGNORES]
+    return diffs + fingerprint_diff(saved, fingerprint)
+
+def demo_run_dir(runs_dir: Path, name: str, cfg, fingerprint: dict) -> Path:
+    "The first of `name`, `name-2`, `name-3`, ... that is free or holds a run of `cfg` on these data and code."
+    for k in itertools.count(1):
+        d = runs_dir / (name if k == 1 else f'{name}-{k}')
+        if not d.exists() or not any(d.iterdir()): return d
+        diffs = _differs(d, cfg, fingerprint)
+        if not diffs: return d
+        print(f"{d} holds a run of other data, code or settings ({'; '.join(diffs)}): it is kept as it is")
+
 def run_demo(monkey: str = 'beignet', device: str = 'auto', runs_dir: str | Path = 'runs/demo', data_dir: str | Path = 'data',
              models=DEMO_MODELS, seed: int = 0) -> Path:
-    "Train every demo model quickly on `monkey` (resuming finished runs) and render the phase report."
+    "Train every demo model quickly on `monkey` (reusing runs of the same data and code) and render the phase report."
     t0 = time.time()
-    data_dir = resolve_path(data_dir)
+    data_dir, runs_dir = resolve_path(data_dir), resolve_path(runs_dir)
     source = data_dir if has_real_data(data_dir, monkey) else ensure_synthetic(data_dir, monkey)
     if source != data_dir: print(f"No real {monkey} files in {data_dir}: using the simulator's synthetic data in {source}")
-    dirs = []
+    dirs, loaded = [], {}
     for m in models:
         phase, model = (m, 'amag') if m in ('paper', 'compete', 'reference') else ('paper', m)
         cfg = phase_config(phase, monkey, quick=True, model=model)
-        print(f"[{time.time() - t0:5.0f} s] training {m} ({monkey}, quick)")
-        dirs += train_seeds(cfg, source, seeds=[seed], runs_dir=runs_dir, device=device, resume=True)
+        split = (cfg.val_frac, cfg.cross_val_frac, cfg.split_seed)
+        if split not in loaded: loaded[split] = load_monkey(source, monkey, *split)
+        data = loaded[split]
+        limited = data if not cfg.train_limit else dataclasses.replace(data, train={k: v[:cfg.train_limit] for k, v in data.train.items()})
+        d = demo_run_dir(runs_dir, run_name(cfg, seed), cfg, run_fingerprint(limited))
+        print(f"[{time.time() - t0:5.0f} s] {m} ({monkey}, quick): {d}")
+        fit(cfg, data, d, seed, device, resume=True)
+        dirs.append(d)
     print(f"[{time.time() - t0:5.0f} s] rendering the report")
     html = render_report(monkey, dirs, data_dir)
     print(f"[{time.time() - t0:5.0f} s] report: {html}")

@@ -4,14 +4,15 @@
 
 # %% ../nbs/09_evaluate.ipynb 2
 from __future__ import annotations
-import glob, json
+import glob, json, warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .core import resolve_path
-from .data import get_monkey, load_npz, session_path, find_sessions, challenge_mse, T_CONTEXT
+from .data import get_monkey, load_npz, load_session, session_path, find_sessions, challenge_mse, T_CONTEXT
+from .runs import read_json, verify_run, data_fingerprint
 from .train import load_run, persistence
 
 # %% auto 0
@@ -42,8 +43,11 @@ def channel_scores(pred, truth) -> pd.DataFrame:
                          'pearson': np.where(den > 0, (pc * tc).sum(0) / np.where(den > 0, den, 1), np.nan)})
 
 # %% ../nbs/09_evaluate.ipynb
-def resolve_runs(runs: str | Path | list) -> list[Path]:
-    "Run directories from a glob or list; each must be finished, all of one monkey."
+def resolve_runs(runs: str | Path | list,
+                 data_dir: str | Path | None = None, # given: each run must have been trained on its training files
+                 code: str = 'ignore',               # a change of code since training: 'ignore', 'warn' or 'refuse'
+                ) -> list[Path]:
+    "Run directories from a glob or list, all of one monkey, each finished and intact (`neurofc.runs.verify_run`)."
     if isinstance(runs, (str, Path)):
         pattern = str(resolve_path(runs))
         dirs = sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_dir())
@@ -53,10 +57,14 @@ def resolve_runs(runs: str | Path | list) -> list[Path]:
         if not dirs: raise ValueError("No run directories given")
     for d in dirs:
         if not (d / 'metrics.json').exists(): raise FileNotFoundError(f"Run {d} has no metrics.json: it is unfinished or not a run directory")
-    monkeys = {d: json.loads((d / 'metrics.json').read_text())['monkey'] for d in dirs}
+    monkeys = {d: read_json(d / 'metrics.json', 'the metrics of a finished neurofc run')['monkey'] for d in dirs}
     if len(set(monkeys.values())) > 1:
         raise ValueError(f"Runs of different monkeys mixed: {sorted(set(monkeys.values()))}; evaluate one monkey at a time "
                          f"({', '.join(f'{d.name}: {m}' for d, m in monkeys.items())})")
+    data = None
+    if data_dir is not None:
+        data = dict(data_fingerprint(data_dir, next(iter(monkeys.values()))), source=str(resolve_path(data_dir)))
+    for d in dirs: verify_run(d, data, code)                # sealed and intact; trained on these files; code checked
     return dirs
 
 def load_test_sets(data_dir: str | Path, monkey: str) -> dict[str, dict]:
@@ -65,10 +73,12 @@ def load_test_sets(data_dir: str | Path, monkey: str) -> dict[str, dict]:
     for s in find_sessions(data_dir, monkey):
         C = get_monkey(monkey).n_channels
         masked = load_npz(session_path(data_dir, s, 'test'), C)
-        try: truth = load_npz(session_path(data_dir, s, 'truth'), C)
+        try: truth = load_session(session_path(data_dir, s, 'truth'), monkey, 'truth')
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{e}. Scoring needs the unmasked test truth in {resolve_path(data_dir) / 'test_truth'}") from None
-        if len(truth) != len(masked): raise ValueError(f"{s.key}: {len(masked)} masked trials but {len(truth)} truth trials")
+        if len(truth) != len(masked):
+            raise ValueError(f"{session_path(data_dir, s, 'truth')}: expected {len(masked)} trials, as in its masked test file, "
+                             f"found {len(truth)}")
         oracle_path = resolve_path(data_dir) / 'test_truth' / f'oracle_{s.key}.npz'
         oracle = None
         if oracle_path.exists():
@@ -98,24 +108,38 @@ def _rows(label, group, seeds, members, preds, sets):
                              value=v / float(np.mean([oracle[n] for n in names]))))
     return rows
 
+def _route_rows(label, group, seeds, members, forecaster, sets, warn: bool) -> list[dict]:
+    "Per test file: its distance to the nearest day the run knows (in that day's radii) and whether it is an unseen day."
+    rows = []
+    for name, ts in sets.items():
+        r = forecaster.route(ts['masked'])
+        if r['unseen'] and warn:
+            warnings.warn(f"{name}: the test file lies outside every day {label} was trained on (median trial at "
+                          f"{r['nearest']:.1f}× the nearest day's radius); forecast as an unseen day: per-trial context "
+                          f"normalisation and the mean session embedding", stacklevel=3)
+        rows += [dict(model=label, group=group, seeds=seeds, members=members, test_set=name, kind=ts['kind'], metric=k, value=v)
+                 for k, v in [('day_distance', r['nearest']), ('unseen_day', float(r['unseen']))]]
+    return rows
+
 def evaluate(runs: str | Path | list, data_dir: str | Path, ensemble: bool = True, norm: str = 'session',
              device: str = 'cpu', save: bool = True, return_predictions: bool = False):
     "Tidy table (model × test set × metric) of `runs` on the test files of `data_dir`; saved as CSV next to the runs."
     if norm not in ('session', 'context', 'both'): raise ValueError(f"Unknown norm {norm!r}; expected 'session', 'context' or 'both'")
-    dirs = resolve_runs(runs)
-    monkey = json.loads((dirs[0] / 'metrics.json').read_text())['monkey']
+    dirs = resolve_runs(runs, data_dir, code='warn')      # refused unless trained on these files
+    monkey = read_json(dirs[0] / 'metrics.json')['monkey']
     sets = load_test_sets(data_dir, monkey)
     rows, preds, groups = [], {}, {}
     for norm_ in (['session', 'context'] if norm == 'both' else [norm]):
         suffix = '' if norm_ == 'session' else ' [context-norm]'
         for d in dirs:
-            f = load_run(d, device); f.norm = norm_
+            f = load_run(d, device, verify=False); f.norm = norm_
             m = json.loads((d / 'metrics.json').read_text())
             group = (m['phase'] if m['model'] == 'amag' else m['model']) + suffix
             label = f"{group} seed{m['seed']}"
             preds[label] = {n: f.predict(ts['masked']) for n, ts in sets.items()}
             groups.setdefault(group, []).append((label, m['seed'], f"{d.name}:{'+'.join(f.members)}"))
             rows += _rows(label, group, str(m['seed']), f"{d.name}:{'+'.join(f.members)}", preds[label], sets)
+            rows += _route_rows(label, group, str(m['seed']), f"{d.name}:{'+'.join(f.members)}", f, sets, warn=norm_ == 'session')
     if ensemble:
         for group, mem in groups.items():
             if len(mem) < 2: continue
@@ -128,6 +152,7 @@ def evaluate(runs: str | Path | list, data_dir: str | Path, ensemble: bool = Tru
     df = pd.DataFrame(rows)
     if save:
         out = dirs[0].parent / f'evaluation-{monkey}.csv'
+        if out.exists(): print(f"Replacing the evaluation table {out}")
         df.to_csv(out, index=False); df.attrs['path'] = str(out)
     return (df, preds, sets) if return_predictions else df
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_submission.ipynb 3
 from __future__ import annotations
-import ast, builtins, datetime, importlib, importlib.util, inspect, json, os, shutil, subprocess, sys, tempfile, time
+import ast, builtins, datetime, hashlib, importlib, importlib.util, inspect, json, os, shutil, subprocess, sys, tempfile, time
 import types, warnings, zipfile
 from pathlib import Path
 
@@ -19,15 +19,32 @@ from .train import Forecaster, load_run
 from .amag import AMAG
 from .baselines import Persistence, RidgeAR, GRUBaseline
 from .evaluate import resolve_runs
+from .runs import file_digest
 
 # %% auto 0
-__all__ = ['MANIFEST', 'MODEL_CLASSES', 'ROOTS', 'CHALLENGE_MONKEYS', 'MODEL_SPECS', 'Model', 'check_standalone',
-           'submission_source', 'load_model_file', 'model_spec', 'zip_listing', 'reference_predict',
+__all__ = ['MANIFEST', 'MODEL_CLASSES', 'ROOTS', 'CHALLENGE_MONKEYS', 'MODEL_SPECS', 'repair_nonfinite', 'Model',
+           'check_standalone', 'submission_source', 'load_model_file', 'model_spec', 'zip_listing', 'reference_predict',
            'export_submission', 'verify_submission', 'challenge_test_files', 'run_ingestion', 'score_predictions']
 
 # %% ../nbs/10_submission.ipynb
 MANIFEST = 'manifest.json'
 MODEL_CLASSES = {'AMAG': AMAG, 'RidgeAR': RidgeAR, 'GRUBaseline': GRUBaseline, 'Persistence': Persistence}
+
+def repair_nonfinite(x: np.ndarray, fill: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "`x` (N, T, C, F) with every non-finite value replaced along time (see the rule below), and the trials repaired."
+    bad = ~np.isfinite(x)
+    trials = np.flatnonzero(bad.any(axis=(1, 2, 3)))
+    if not len(trials): return x, trials
+    sub, b = x[trials], bad[trials]
+    T = x.shape[1]
+    t = np.arange(T).reshape(1, T, 1, 1)
+    before = np.maximum.accumulate(np.where(b, -1, t), axis=1)                   # last finite bin at or before t
+    after = np.flip(np.minimum.accumulate(np.flip(np.where(b, T, t), 1), axis=1), 1)   # first finite bin at or after t
+    src = np.where(before >= 0, before, after)
+    y = np.take_along_axis(sub, np.minimum(src, T - 1), axis=1)
+    y = np.where(src == T, np.asarray(fill, x.dtype)[None, None], y)             # no finite value in the series
+    out = x.copy(); out[trials] = y
+    return out, trials
 
 class Model:
     "The challenge's interface to an exported neurofc submission: `Model(monkey_name)`, `.load()`, `.predict(x)`."
@@ -58,12 +75,25 @@ class Model:
             stats = {k: Stats.from_dict(v) for k, v in self._read_json(run['stats']).items()}
             router = SessionRouter.from_state_dict(self._read_json(run['router']))
             models = []
-            for member in run['members']:
+            for member, digest in zip(run['members'], run.get('sha256') or [None] * len(run['members'])):
                 m = MODEL_CLASSES[run['model']](**run['kwargs'])
-                m.load_state_dict(torch.load(os.path.join(self.root, member), map_location='cpu', weights_only=True))
+                m.load_state_dict(self._weights(os.path.join(self.root, member), digest))
                 models.append(m)
             self.forecasters.append(Forecaster(models, stats, router, self.device, self.batch_size, run['use_session'], run['norm']))
         return self
+
+    @staticmethod
+    def _weights(path: str, digest: str | None) -> dict:
+        "A member's state dict, after checking the file against the SHA-256 the manifest recorded."
+        if not os.path.exists(path): raise FileNotFoundError(f"Submission file {path} is missing")
+        if digest is not None:
+            with open(path, 'rb') as f: found = hashlib.sha256(f.read()).hexdigest()
+            if found != digest:
+                raise ValueError(f"{path}: expected the weights exported with SHA-256 {digest[:12]}…, found a file with "
+                                 f"SHA-256 {found[:12]}… (damaged or replaced): export the submission again")
+        try: return torch.load(path, map_location='cpu', weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{path}: expected a PyTorch state dict, found an unreadable file ({type(e).__name__})") from None
 
     def check(self, x) -> np.ndarray:
         "`x` as float32 after checking it is `(N, 20, C, F)` with this monkey's channel and feature counts."
@@ -76,11 +106,26 @@ class Model:
         if x.dtype.kind not in 'fiu': raise TypeError(f"{who} expects a numeric array, found dtype {x.dtype}")
         return x.astype(np.float32, copy=False)
 
+    def _say(self, text: str): print(f"Model({self.monkey_name!r}).predict: {text}", file=sys.stderr)
+
     def predict(self, X) -> np.ndarray:
         "Raw LMP `(N, 20, C)` for masked trials `X` `(N, 20, C, F)` of one file: bins 0-9 the context, 10-19 the forecast."
         if not self.forecasters: self.load()
         x = self.check(X)
-        return np.ascontiguousarray(np.mean([f.predict(x) for f in self.forecasters], 0), dtype=np.float32)
+        f0 = self.forecasters[0]
+        x, fixed = repair_nonfinite(x, f0.stats[f0.keys[0]].mean)
+        if len(fixed):
+            self._say(f"{len(fixed)} trial(s) {fixed[:10].tolist()}{' ...' if len(fixed) > 10 else ''} held non-finite input "
+                      f"values, repaired: each took the nearest finite value of its channel and feature in time (earlier "
+                      f"bins first), or the main day's training mean where the whole series was non-finite")
+        y = np.ascontiguousarray(np.mean([f.predict(x) for f in self.forecasters], 0), dtype=np.float32)
+        worse = np.flatnonzero(~np.isfinite(y).all(axis=(1, 2)))
+        if len(worse):                                  # e.g. inputs so large that the normalised values overflow
+            y[worse] = np.repeat(x[worse, T_CONTEXT - 1:T_CONTEXT, :, 0], T_TOTAL, 1)
+            y[worse, :T_CONTEXT] = x[worse, :T_CONTEXT, :, 0]
+            self._say(f"the forecasts of {len(worse)} trial(s) {worse[:10].tolist()} were not finite: replaced by persistence "
+                      f"(bin 9 repeated)")
+        return y
 
 # %% ../nbs/10_submission.ipynb
 class _ModuleIndex:
@@ -302,8 +347,9 @@ def _prepare_out(out_dir: Path, zip_path: Path, overwrite: bool):
     if out_dir.exists() and any(out_dir.iterdir()):
         if not (out_dir / MANIFEST).exists():
             raise FileExistsError(f"{out_dir} is not empty and holds no {MANIFEST}: it does not look like a neurofc submission, so it is not deleted")
+        print(f"Replacing the submission {out_dir} (overwrite=True)")
         shutil.rmtree(out_dir)
-    if zip_path.exists(): zip_path.unlink()
+    if zip_path.exists(): print(f"Replacing {zip_path} (overwrite=True)"); zip_path.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
 
 def export_submission(runs_by_monkey: dict,         # monkey -> glob or list of finished run directories
@@ -317,7 +363,7 @@ def export_submission(runs_by_monkey: dict,         # monkey -> glob or list of 
     if not runs_by_monkey: raise ValueError("No runs given: pass {'affi': [...], 'beignet': [...]}")
     plan = {}
     for monkey, runs in runs_by_monkey.items():
-        m = get_monkey(monkey); dirs = resolve_runs(runs)
+        m = get_monkey(monkey); dirs = resolve_runs(runs, code='warn')   # finished and intact
         got = json.loads((dirs[0] / 'metrics.json').read_text())['monkey']
         if got != m.name: raise ValueError(f"The runs given for {m.name!r} are runs of {got!r} ({', '.join(d.name for d in dirs)})")
         plan[m.name] = dirs
@@ -344,7 +390,7 @@ def export_submission(runs_by_monkey: dict,         # monkey -> glob or list of 
                 probe.load_state_dict(model.state_dict())   # the spec rebuilds exactly this architecture (strict)
                 name = f'{monkey}_{i}_{member}'
                 torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out_dir / name)
-                entry['members'].append(name)
+                entry['members'].append(name); entry.setdefault('sha256', []).append(file_digest(out_dir / name))
             (out_dir / entry['stats']).write_text(json.dumps({k: s.to_dict() for k, s in f.stats.items()}))
             (out_dir / entry['router']).write_text(json.dumps(f.router.state_dict()))
             files += [*entry['members'], entry['stats'], entry['router']]
@@ -415,13 +461,22 @@ def run_ingestion(submission: str | Path,   # the zip (unpacked into `work_dir/s
                   work_dir: str | Path,     # receives `submission/`, `output/`, `cwd/`, the driver and its result
                   monkeys=CHALLENGE_MONKEYS, timeout: float = 3600,
                   threads: int | None = None, # CPU threads of the interpreter (OMP_NUM_THREADS); None: its default
+                  overwrite: bool = False,    # replace what an earlier run left in `work_dir` (never done silently)
                  ) -> dict:
     "Run the challenge's ingestion protocol on `submission` in an isolated interpreter; returns what the driver recorded."
-    work = Path(work_dir); work.mkdir(parents=True, exist_ok=True)
+    work = Path(work_dir)
     submission = Path(submission)
+    mine = [work / n for n in ('submission', 'output', 'cwd', 'job.json', 'driver.py', 'result.json')]
+    used = [p for p in mine if p.exists() and (submission.suffix == '.zip' or p.name != 'submission')]
+    if used and not overwrite:
+        raise FileExistsError(f"{work} already holds {', '.join(p.name for p in used)} from an earlier ingestion run: pass "
+                              f"overwrite=True to replace them, or choose an empty work_dir (nothing was deleted)")
+    for p in used:
+        print(f"Replacing {p} (overwrite=True)")
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    work.mkdir(parents=True, exist_ok=True)
     if submission.suffix == '.zip':
         sub = work / 'submission'
-        if sub.exists(): shutil.rmtree(sub)
         with zipfile.ZipFile(submission) as z: z.extractall(sub)
     else: sub = submission
     out, cwd = work / 'output', work / 'cwd'
@@ -436,7 +491,7 @@ def run_ingestion(submission: str | Path,   # the zip (unpacked into `work_dir/s
                        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     if r.returncode != 0: raise RuntimeError(f"The ingestion run failed (exit {r.returncode}):\n{r.stderr[-4000:]}")
     res = json.loads((work / 'result.json').read_text())
-    res['output_dir'] = str(out.resolve())
+    res['output_dir'], res['stderr'] = str(out.resolve()), r.stderr[-4000:]   # what Model printed (e.g. repairs)
     return res
 
 def score_predictions(output_dir: str | Path, data_dir: str | Path, monkeys=CHALLENGE_MONKEYS) -> dict[str, float]:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_train.ipynb 2
 from __future__ import annotations
-import copy, csv, dataclasses, json, math, os, platform, subprocess, sys, time
+import copy, csv, dataclasses, json, math, os, platform, time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,9 @@ from torch import nn
 import neurofc
 from .core import get_device, seed_everything, resolve_path
 from .data import (MonkeyData, Stats, SessionRouter, DeviceBatcher, Batch, load_monkey, normalize,
-                          denormalize_lmp, mask_future, challenge_mse, T_CONTEXT)
+                          denormalize_lmp, mask_future, challenge_mse, check_array, T_CONTEXT)
+from .runs import (FINGERPRINT, read_json, run_fingerprint, fingerprint_diff, is_sealed, seal_run, verify_seal,
+                          _git_commit)
 from .config import RunConfig, phase_config
 from .losses import forecast_mse, forecast_huber, mmd_loss, spectral_loss, variance_weights
 
@@ -22,7 +24,7 @@ from .losses import forecast_mse, forecast_huber, mmd_loss, spectral_loss, varia
 __all__ = ['RESUME_IGNORES', 'MODEL_BUILDERS', 'lr_factor', 'is_cycle_end', 'EMA', 'augment', 'mixup', 'Forecaster',
            'context_stats', 'score_sessions', 'persistence', 'run_name', 'atomic_save', 'environment',
            'prepare_run_dir', 'build_model', 'loss_weight', 'augments', 'make_optimizer', 'TrainStep', 'fit',
-           'members_of', 'load_run', 'finish_run', 'train_seeds']
+           'members_of', 'load_run', 'finish_run', 'check_seeds', 'train_seeds']
 
 # %% ../nbs/07_train.ipynb
 def lr_factor(cfg: RunConfig, epoch: float) -> float:
@@ -98,19 +100,28 @@ class Forecaster:
         self.stats, self.router, self.keys = stats, router, router.keys
         self.device, self.batch_size, self.use_session, self.norm = torch.device(device), batch_size, use_session, norm
 
+    def route(self, x: np.ndarray) -> dict:
+        "The router's view of a whole file of raw trials: nearest known day, distances, and whether it is unseen."
+        return self.router.route(x)
+
     @torch.no_grad()
     def predict(self, x: np.ndarray, session: int | None = None) -> np.ndarray:
         "Forecast raw masked trials `x` (N, 20, C, F) of one file; `session` overrides the router (tests only)."
-        x = np.asarray(x, np.float32)
+        C, Fe = next(iter(self.stats.values())).mean.shape
+        x = check_array(x, C, 'Forecaster.predict input', Fe)           # non-finite values: an error naming the trials
         if len(x) == 0: return np.zeros((0, x.shape[1], x.shape[2]), np.float32)
-        s = self.router.predict_file(x) if session is None else session
+        unseen = False
+        if session is None:
+            r = self.route(x); s, unseen = r['day'], r['unseen']
+        else: s = session
+        norm = 'context' if unseen else self.norm          # an unseen day: each trial's own context statistics ...
         st = self.stats[self.keys[s]]
         out = []
         for i in range(0, len(x), self.batch_size):
             xr = torch.from_numpy(x[i:i + self.batch_size]).to(self.device)
-            tb = context_stats(xr) if self.norm == 'context' else st
+            tb = context_stats(xr) if norm == 'context' else st
             xb = normalize(xr, tb)
-            sid = torch.full((len(xb),), s, device=self.device) if self.use_session else None
+            sid = torch.full((len(xb),), -1 if unseen else s, device=self.device) if self.use_session else None   # ... and the mean embedding
             yb = torch.stack([m(mask_future(xb), session=sid) for m in self.models]).float().mean(0)
             out.append(denormalize_lmp(yb, tb).cpu())
         y = torch.cat(out).numpy()
@@ -148,10 +159,6 @@ def atomic_save(obj, path: Path):
     else: torch.save(obj, tmp)
     os.replace(tmp, path)
 
-def _git_commit() -> str | None:
-    try: return subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=Path(neurofc.__file__).parent, capture_output=True, text=True, timeout=5).stdout.strip() or None
-    except Exception: return None
-
 def environment(device: torch.device) -> dict:
     "Versions, device and commit recorded with every run."
     return {'neurofc': neurofc.__version__, 'torch': torch.__version__, 'numpy': np.__version__, 'python': platform.python_version(),
@@ -160,18 +167,36 @@ def environment(device: torch.device) -> dict:
 
 RESUME_IGNORES = ('epochs', 'adaptor_chunk', 'checkpoint', 'encoder_tile', 'encoder_keep_mb', 'compile', 'cooldown_s', 'max_gpu_temp')   # budget, memory, speed
 
-def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> bool:
-    "Create `run_dir`, or check it may be resumed; returns whether a checkpoint exists to resume from."
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not resume:
-            raise FileExistsError(f"Run directory {run_dir} already exists; pass resume=True to continue it from its last "
-                                  f"checkpoint, or remove it / choose another runs_dir (neurofc never overwrites a run)")
-        old = RunConfig.from_json(run_dir / 'config.json')
-        diff = {k: (v, getattr(cfg, k)) for k, v in old.to_dict().items() if getattr(cfg, k) != v and k not in RESUME_IGNORES}
-        if diff: raise ValueError(f"Cannot resume {run_dir}: its config differs in {diff} (saved, requested)")
-        return (run_dir / 'last.pt').exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return False
+def _config(run_dir: Path) -> RunConfig:
+    path = run_dir / 'config.json'
+    return RunConfig.from_dict(read_json(path, 'the configuration of a neurofc run'), str(path))
+
+def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, fingerprint: dict | None = None) -> str:
+    "Create `run_dir` ('new') or verify, writing nothing, that it may be resumed: 'resume', 'restart' (no checkpoint yet) or 'finished'."
+    if not (run_dir.exists() and any(run_dir.iterdir())):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return 'new'
+    if not resume:
+        raise FileExistsError(f"Run directory {run_dir} already exists; pass resume=True to continue it from its last "
+                              f"checkpoint, or remove it / choose another runs_dir (neurofc never overwrites a run)")
+    old = _config(run_dir)
+    diff = {k: (v, getattr(cfg, k)) for k, v in old.to_dict().items() if getattr(cfg, k) != v and k not in RESUME_IGNORES}
+    if diff: raise ValueError(f"Cannot resume {run_dir}: its config differs in {diff} (saved, requested)")
+    if fingerprint is not None:
+        if not (run_dir / FINGERPRINT).exists():
+            raise ValueError(f"Cannot resume {run_dir}: expected its {FINGERPRINT}, found none (an older neurofc wrote it), so "
+                             f"its data and code cannot be verified; train a new run (another runs_dir or seed)")
+        diffs = fingerprint_diff(read_json(run_dir / FINGERPRINT, 'the fingerprint of a neurofc run'), fingerprint)
+        if diffs:
+            raise ValueError(f"Cannot resume {run_dir}: it was trained on other data or code than this call's:\n"
+                             + '\n'.join(f"  - {d}" for d in diffs) + "\nNothing in it was changed. To train on the present "
+                             "data and code, choose another runs_dir (or seed); to continue this run, restore the files "
+                             "(and the neurofc version) it was started with.")
+    if is_sealed(run_dir):
+        verify_seal(run_dir)
+        return 'finished'
+    return 'resume' if (run_dir / 'last.pt').exists() else 'restart'
+
 
 # %% ../nbs/07_train.ipynb
 def _build_amag(cfg: RunConfig, n_channels: int, n_sessions: int, n_features: int, data: MonkeyData | None) -> nn.Module:
@@ -196,7 +221,12 @@ def _fast_opt(dev: torch.device) -> dict:
     version = tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2])
     return {'fused': True} if dev.type in ('cuda', 'cpu') and version >= (2, 4) else {'foreach': True}
 
-def _load(path: Path, device) -> dict: return torch.load(path, map_location=device, weights_only=True)
+def _load(path: Path, device) -> dict:
+    "A checkpoint's content; a damaged file is an error naming it."
+    try: return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"{path}: expected a PyTorch checkpoint written by neurofc, found an unreadable file "
+                           f"({path.stat().st_size:,} bytes; {type(e).__name__}: {str(e)[:200]})") from None
 
 def _thermal_pause(cfg: RunConfig, device: torch.device):
     "Sleep while NVML reports the GPU above `cfg.max_gpu_temp` (no-op without CUDA or NVML)."
@@ -274,21 +304,26 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
     "Train `cfg` on `data` into `run_dir`; returns the final metrics (also in `metrics.json`)."
     run_dir, dev = resolve_path(run_dir), get_device(device)
     if cfg.train_limit: data = dataclasses.replace(data, train={k: v[:cfg.train_limit] for k, v in data.train.items()})
-    has_ckpt = prepare_run_dir(run_dir, cfg, resume)
+    fingerprint = run_fingerprint(data)
+    status = prepare_run_dir(run_dir, cfg, resume, fingerprint)     # verifies an existing run before anything is written
+    if status == 'finished': return _finished(run_dir, cfg)
     seed_everything(seed)
     if dev.type == 'cuda': torch.backends.cudnn.benchmark = True
     keys, main = data.keys, data.keys[0]
     router = SessionRouter(keys).fit(data.train)
-    cfg.to_json(run_dir / 'config.json')
-    atomic_save(json.dumps({k: s.to_dict() for k, s in data.stats.items()}), run_dir / 'stats.json')
-    atomic_save(json.dumps(router.state_dict()), run_dir / 'router.json')
+    if status != 'resume':
+        cfg.to_json(run_dir / 'config.json')
+        atomic_save(json.dumps(fingerprint, indent=1), run_dir / FINGERPRINT)
+        atomic_save(json.dumps({k: s.to_dict() for k, s in data.stats.items()}), run_dir / 'stats.json')
+        atomic_save(json.dumps(router.state_dict()), run_dir / 'router.json')
 
     model = build_model(cfg, data.n_channels, len(keys), data.train[main].shape[-1], data).to(dev)
     step = TrainStep(cfg, model, dev, loss_weight(cfg, data, dev))
     opt, ema = step.opt, step.ema
     batcher = DeviceBatcher(data.train, cfg.batch, dev, seed=seed, stats=data.stats)
-    state = dict(epoch=0, best=math.inf, best_ema=math.inf, best_epoch=-1, best_ema_epoch=-1, history=[], snapshots=[], done=False)
-    if has_ckpt:
+    state = dict(epoch=0, best=math.inf, best_ema=math.inf, best_epoch=-1, best_ema_epoch=-1, history=[], snapshots=[], done=False,
+                 segment=0)                                   # segment: how many times the run was resumed
+    if status == 'resume':
         ck = _load(run_dir / 'last.pt', dev)
         model.load_state_dict(ck['model'])
         if opt: opt.load_state_dict(ck['opt'])
@@ -296,10 +331,10 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
         batcher.load_state_dict(ck['batcher']); torch.set_rng_state(ck['rng'].cpu())
         if dev.type == 'cuda' and 'cuda_rng' in ck: torch.cuda.set_rng_state(ck['cuda_rng'].cpu())
         state = ck['state']
-        if state['done'] and (state.get('stopped_early') or state['epoch'] >= cfg.epochs) and (run_dir / 'metrics.json').exists():
-            print(f"{run_dir} is complete; returning its metrics")
-            return json.loads((run_dir / 'metrics.json').read_text())
-        state['done'] = False
+        if state['done'] and (run_dir / 'metrics.json').exists():      # killed between its metrics and its seal
+            seal_run(run_dir)
+            return _finished(run_dir, cfg)
+        state['segment'] = state.get('segment', 0) + 1
         print(f"Resuming {run_dir.name} at epoch {state['epoch']}")
 
     def save_last():
@@ -323,7 +358,7 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
             total += step(b, cfg.lr * lr_factor(cfg, epoch + i / n_steps))
             if cfg.cooldown_s > 0: time.sleep(cfg.cooldown_s)
             _thermal_pause(cfg, dev)
-        row = dict(epoch=epoch, train_loss=float(total) / n_steps, lr=cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9), seconds=time.time() - t0)
+        row = dict(epoch=epoch, segment=state['segment'], train_loss=float(total) / n_steps, lr=cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9), seconds=time.time() - t0)
         if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
             v = validate(model); row.update(val_same_day=v['same_day'], val_cross_date=v['cross_date'], val_total=v['total'])
             if v['total'] < state['best']:
@@ -342,7 +377,7 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
                 if old.name not in state['snapshots']: old.unlink()
         state['history'].append(row); state['epoch'] = epoch + 1
         last_improved = max(state['best_epoch'], state['best_ema_epoch'])
-        stop = 'val_total' in row and epoch - last_improved >= cfg.patience
+        stop = cfg.patience > 0 and 'val_total' in row and epoch - last_improved >= cfg.patience   # 0: never stop early
         if stop: state['stopped_early'] = True
         save_last()
         _write_history(run_dir / 'history.csv', state['history'])
@@ -353,7 +388,17 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
     if bar: bar.close()
     metrics = finish_run(cfg, data, run_dir, dev, state, seed, sum(p.numel() for p in model.parameters()))
     state['done'] = True; save_last()
+    seal_run(run_dir)                                           # finished: every file hashed and read-only
     return metrics
+
+def _finished(run_dir: Path, cfg: RunConfig) -> dict:
+    "The metrics of a finished run, which is read-only: asking for more epochs than it ran is an error."
+    m = read_json(run_dir / 'metrics.json', 'the metrics of a finished neurofc run')
+    if cfg.epochs > m['epochs_run'] and not m['stopped_early']:
+        raise ValueError(f"{run_dir} finished after {m['epochs_run']} epochs and a finished run is read-only: to train for "
+                         f"epochs={cfg.epochs}, start a new run (another runs_dir or seed)")
+    print(f"{run_dir} is finished; returning its metrics (nothing written)")
+    return m
 
 def _write_history(path: Path, rows: list[dict]):
     cols = list(dict.fromkeys(k for r in rows for k in r))
@@ -373,13 +418,16 @@ def members_of(cfg: RunConfig, run_dir: Path) -> list[str]:
     names = [n for n in names if (run_dir / n).exists()]
     return names or ['best.pt']
 
-def load_run(run_dir: str | Path, device: str = 'cpu', members: list[str] | None = None) -> Forecaster:
-    "The `Forecaster` of a finished (or running) run: its members' weights, statistics and router."
+def load_run(run_dir: str | Path, device: str = 'cpu', members: list[str] | None = None,
+             verify: bool = True, # check a finished run's seal first (off only right after `resolve_runs` checked it)
+            ) -> Forecaster:
+    "The `Forecaster` of a finished or running run: its members' weights, statistics and router."
     run_dir, dev = resolve_path(run_dir), get_device(device)
     if not (run_dir / 'config.json').exists(): raise FileNotFoundError(f"{run_dir} is not a run directory: config.json is missing")
-    cfg = RunConfig.from_json(run_dir / 'config.json')
-    stats = {k: Stats.from_dict(v) for k, v in json.loads((run_dir / 'stats.json').read_text()).items()}
-    router = SessionRouter.from_state_dict(json.loads((run_dir / 'router.json').read_text()))
+    if verify and is_sealed(run_dir): verify_seal(run_dir)
+    cfg = _config(run_dir)
+    stats = {k: Stats.from_dict(v) for k, v in read_json(run_dir / 'stats.json', 'normalisation statistics').items()}
+    router = SessionRouter.from_state_dict(read_json(run_dir / 'router.json', 'a session router'))
     members = members or members_of(cfg, run_dir)
     C, Fe = next(iter(stats.values())).mean.shape
     models = []
@@ -406,9 +454,18 @@ def finish_run(cfg, data, run_dir, dev, state, seed, n_params) -> dict:
     atomic_save(json.dumps(metrics, indent=2), run_dir / 'metrics.json')
     return metrics
 
+def check_seeds(seeds) -> list[int]:
+    "`seeds` as a list of distinct ints: one int, or a non-empty list of them."
+    one = lambda s: isinstance(s, (int, np.integer)) and not isinstance(s, bool)
+    if one(seeds): return [int(seeds)]
+    if isinstance(seeds, (list, tuple)) and seeds and all(one(s) for s in seeds) and len(set(seeds)) == len(seeds):
+        return [int(s) for s in seeds]
+    raise TypeError(f"seeds: expected an int or a non-empty list of distinct ints, found {seeds!r}")
+
 def train_seeds(cfg: RunConfig, data_dir: str | Path, seeds=(42,), runs_dir: str | Path = 'runs', device: str = 'auto',
                 resume: bool = False, progress: bool = True) -> list[Path]:
-    "Train one run per seed (data loaded once, the same split for all); returns the run directories."
+    "Train one run per seed (`seeds`: an int or a list; data loaded once, the same split for all); returns the run directories."
+    seeds = check_seeds(seeds)
     data = load_monkey(data_dir, cfg.monkey, cfg.val_frac, cfg.cross_val_frac, cfg.split_seed)
     dirs = []
     for seed in seeds:

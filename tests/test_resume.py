@@ -1,5 +1,5 @@
-"A run killed mid-training and resumed reaches exactly the metrics of an uninterrupted run (CPU)."
-import json, os, signal, subprocess, sys, time
+"A run killed mid-training and resumed trains only the remaining epochs and reaches exactly the metrics of an uninterrupted run."
+import csv, json, os, signal, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,16 @@ def test_kill_and_resume(tmp_path):
     assert refused.returncode != 0 and 'already exists; pass resume=True' in err
     res = _run(script, tmp_path / 'cut', 'resume'); out, err = res.communicate(timeout=600)
     assert res.returncode == 0, err[-2000:]
-    assert 'Resuming beignet-compete-seed3 at epoch' in out
+    k = int(out.split('Resuming beignet-compete-seed3 at epoch ')[1].split()[0])
+    assert k >= 2
+    with open(hist) as f: rows = list(csv.DictReader(f))
+    # epochs before the kill were trained by the first process (segment 0), only the remaining ones by the resumed one
+    assert [(int(r['epoch']), int(r['segment'])) for r in rows] == [(e, 0) for e in range(k)] + [(e, 1) for e in range(k, 5)]
+    run = tmp_path / 'cut' / 'beignet-compete-seed3'
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    again = _run(script, tmp_path / 'cut', 'resume'); out, err = again.communicate(timeout=600)
+    assert again.returncode == 0 and 'is finished; returning its metrics (nothing written)' in out, err[-2000:]
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before           # a finished run is read-only
     a = json.loads((tmp_path / 'ref' / 'beignet-compete-seed3' / 'metrics.json').read_text())
     b = json.loads((tmp_path / 'cut' / 'beignet-compete-seed3' / 'metrics.json').read_text())
     assert a['val'] == b['val'] and a['val_by_member'] == b['val_by_member']   # exactly equal on CPU

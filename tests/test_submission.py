@@ -131,7 +131,7 @@ def test_generated_model_inputs(world, tmp_path):
         with pytest.raises(ValueError, match='expects 9 features on axis 3, found 1'): m.predict(np.zeros((2, 20, C, 1), np.float32))
         y0 = m.predict(np.zeros((0, 20, C, 9), np.float32))
         assert y0.shape == (0, 20, C) and y0.dtype == np.float32
-        s = get_monkey(monkey).sessions[-1]
+        s = get_monkey(monkey).registered[-1]
         x = load_npz(session_path(world.data, s, 'test'))[:12]                  # 12 trials in batches of 5
         for xs in (x[:1], x):
             y = m.predict(xs)
@@ -150,7 +150,7 @@ def test_ingestion_edge_files(world, tmp_path):
     edge = tmp_path / 'edge'
     sizes = {'affi': 1, 'affi_private': 0, 'beignet': 0, 'beignet_private_1': 1, 'beignet_private_2': 1}
     for monkey in ('affi', 'beignet'):
-        for s in get_monkey(monkey).sessions:
+        for s in get_monkey(monkey).registered:
             x = load_npz(session_path(world.data, s, 'test'))[:sizes[s.name]]
             save_npz(edge / 'test' / s.test_file, x)
     res = run_ingestion(z, edge, tmp_path / 'ingest', threads=1)
