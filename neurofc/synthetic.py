@@ -264,7 +264,7 @@ def make_days(monkey: str, params: SimParams | None = None, seed: int = 0) -> li
     local0 = p.local_std * np.exp(0.3 * rng.standard_normal(C))
     obs0 = p.obs_std * np.exp(0.3 * rng.standard_normal(C))
     days = []
-    for i, s in enumerate(m.sessions):
+    for i, s in enumerate(m.registered):
         freqs, loadings, tstd, tmean, noise, bsig, blogmu = np.array(p.rot_freq_hz), F, std_main, mean_main, 1.0, band_sigma, band_logmu
         dead, noisy = np.zeros(C, bool), np.zeros(C, bool)
         if not s.main:
@@ -350,7 +350,7 @@ def write_challenge_like(out_dir: str | Path, monkey: str, seed: int = 0, params
     "Write a drop-in challenge data tree for `monkey` (real file names and counts, masked test inputs, truth, oracle) and its marker JSON."
     out, m, p = resolve_path(out_dir), get_monkey(monkey), params or default_params(monkey)
     oracle, conds = {}, {}
-    for i, (day, s) in enumerate(zip(make_days(monkey, p, seed), m.sessions)):
+    for i, (day, s) in enumerate(zip(make_days(monkey, p, seed), m.registered)):
         n_tr, n_te = _n_trials(s)
         b = simulate(day, n_tr + n_te, _rng(seed, monkey, 3, i))
         train, test = b[:n_tr], b[n_tr:]
@@ -381,18 +381,20 @@ def synthetic_info(data_dir: str | Path, monkey: str) -> dict:
 def ensure_synthetic(data_dir: str | Path, monkey: str, seed: int = 0) -> Path:
     "`data_dir/'synthetic'`, after writing the simulator's tree for `monkey` there unless it is complete for this seed and version."
     out, m = resolve_path(data_dir) / 'synthetic', get_monkey(monkey)
-    need = [out / d / f for s in m.sessions for d, f in
+    need = [out / d / f for s in m.registered for d, f in
             (('train', s.train_file), ('test', s.test_file), ('test_truth', s.truth_file), ('test_truth', _oracle_file(s)))]
     if is_synthetic(out, monkey) and all(f.exists() for f in need):
         info = synthetic_info(out, monkey)
         if info.get('seed') == seed and info.get('neurofc_version') == neurofc.__version__: return out
+        print(f"Rewriting the synthetic {monkey} tree in {out}: it was written by neurofc {info.get('neurofc_version')} "
+              f"with seed {info.get('seed')}, this is neurofc {neurofc.__version__} asking for seed {seed}")
     return write_challenge_like(out, monkey, seed)
 
 def load_oracle(data_dir: str | Path, monkey: str) -> dict[str, np.ndarray]:
     "The oracle forecasts `(N, 20, C)` of a synthetic tree, keyed by session key (main day first)."
     out, m = resolve_path(data_dir), get_monkey(monkey)
     res = {}
-    for s in m.sessions:
+    for s in m.registered:
         path = out / 'test_truth' / _oracle_file(s)
         if not path.exists(): raise FileNotFoundError(f"Missing oracle file {path}: is {out} a synthetic tree for {monkey!r}?")
         with np.load(path, allow_pickle=False) as z: res[s.key] = check_array(z['arr_0'], m.n_channels, str(path), n_features=None)
