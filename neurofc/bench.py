@@ -75,12 +75,13 @@ class HostBatcher:
         self.stats = None if stats is None else [stats[k] for k in arrays]
         self.batch_size, self.device, self.cfg = batch_size, torch.device(device), cfg
         self.augment = cfg is not None and augments(cfg)
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(seed)                    # augmentation draws, on the host
+        self.order = torch.Generator(device=self.device).manual_seed(seed)  # the order: `DeviceBatcher`'s, on any device
 
     def __len__(self) -> int: return -(-len(self.x) // self.batch_size)
 
     def __iter__(self):
-        order = torch.randperm(len(self.x), generator=self.gen)
+        order = torch.randperm(len(self.x), generator=self.order, device=self.device).cpu()
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             xs, ys = [], []
