@@ -56,7 +56,7 @@ def resolve_runs(runs: str | Path | list,
         dirs = [resolve_path(d) for d in runs]
         if not dirs: raise ValueError("No run directories given")
     for d in dirs:
-        if not (d / 'metrics.json').exists(): raise FileNotFoundError(f"Run {d} has no metrics.json: it is unfinished or not a run directory")
+        if not (d / 'metrics.json').exists(): raise FileNotFoundError(f"Run {d}: expected its metrics.json, found none: it is unfinished or not a run directory")
     monkeys = {d: read_json(d / 'metrics.json', 'the metrics of a finished neurofc run')['monkey'] for d in dirs}
     if len(set(monkeys.values())) > 1:
         raise ValueError(f"Runs of different monkeys mixed: {sorted(set(monkeys.values()))}; evaluate one monkey at a time "

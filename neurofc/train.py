@@ -226,7 +226,7 @@ def _load(path: Path, device) -> dict:
     try: return torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
         raise RuntimeError(f"{path}: expected a PyTorch checkpoint written by neurofc, found an unreadable file "
-                           f"({path.stat().st_size:,} bytes; {type(e).__name__}: {str(e)[:200]})") from None
+                           f"({path.stat().st_size:,} bytes; {type(e).__name__}): it is damaged") from None
 
 def _thermal_pause(cfg: RunConfig, device: torch.device):
     "Sleep while NVML reports the GPU above `cfg.max_gpu_temp` (no-op without CUDA or NVML)."
