@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_cli.ipynb 2
 from __future__ import annotations
-import argparse, platform, sys
+import argparse, platform, sys, warnings
 
 import torch
 
@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='neurofc', description='µECoG forecasting workbook')
     sub = p.add_subparsers(dest='cmd', required=True)
     for name, help in [('info', 'print versions and the compute device'),
-                       ('demo', 'synthetic data -> baselines and both phases (quick) -> reports/<monkey>-phases.html')]:
+                       ('demo', 'data (real files in data/, else synthetic) -> baselines and both phases (quick) -> reports/<monkey>-phases.html')]:
         s = sub.add_parser(name, help=help)
         s.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
         if name == 'demo':
@@ -58,13 +58,15 @@ def export(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `neurofc` console command."
     args = _parser().parse_args(argv)
-    try:
-        if args.cmd == 'export': return export(args)
-        for k, v in info(args.device).items(): print(f"{k:>8}: {v}")
-        if args.cmd == 'demo':
-            from neurofc.demo import run_demo
-            run_demo(args.monkey, args.device, args.runs_dir)
-    except (ValueError, RuntimeError, KeyError, FileNotFoundError, FileExistsError) as e:
-        print(f"neurofc: error: {e}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda msg, *a, **k: print(f"neurofc: warning: {msg}", file=sys.stderr)
+        try:
+            if args.cmd == 'export': return export(args)
+            for k, v in info(args.device).items(): print(f"{k:>8}: {v}")
+            if args.cmd == 'demo':
+                from neurofc.demo import run_demo
+                run_demo(args.monkey, args.device, args.runs_dir)
+        except (ValueError, RuntimeError, KeyError, FileNotFoundError, FileExistsError) as e:
+            print(f"neurofc: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+            return 2
     return 0

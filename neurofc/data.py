@@ -200,12 +200,14 @@ def _find(data_dir: Path, split: str, fname: str) -> Path | None:
         if p.exists(): return p
     return None
 
-def find_sessions(data_dir: str | Path, monkey: str) -> list[Session]:
-    "The sessions of `monkey` in `data_dir`: the registered days, plus days found from `train_data_<monkey>_<day>.npz` names."
+def find_sessions(data_dir: str | Path, monkey: str, split: str = 'train') -> list[Session]:
+    "`monkey`'s days in `data_dir`: the registered ones, plus those found from file names (`train_data_<monkey>_<day>.npz`; with `split='test'` also `test_data_<monkey>_<day>_masked.npz`)."
     m, data_dir = get_monkey(monkey), resolve_path(data_dir)
+    names = [('train', f'train_data_{m.name}_', '.npz')] + ([('test', f'test_data_{m.name}_', '_masked.npz')] if split == 'test' else [])
     here = set()
-    for p in sorted([*data_dir.glob(f'train/train_data_{m.name}_*.npz'), *data_dir.glob(f'train_data_{m.name}_*.npz')]):
-        here.add(add_session(m.name, p.name[len('train_data_'):-len('.npz')], discovered=True).key)
+    for folder, head, tail in names:
+        for p in sorted([*data_dir.glob(f'{folder}/{head}*{tail}'), *data_dir.glob(f'{head}*{tail}')]):
+            here.add(add_session(m.name, p.name[len(head) - len(m.name) - 1:-len(tail)], discovered=True).key)
     return [s for s in m.sessions if not s.discovered or s.key in here]   # a day found elsewhere is not one of this folder's
 
 def session_path(data_dir: str | Path, session: Session, split: str = 'train') -> Path:

@@ -9,10 +9,9 @@ from pathlib import Path
 
 from .core import resolve_path
 from .config import phase_config
-from .data import has_real_data
-from .synthetic import ensure_synthetic
+from .synthetic import data_source
 from .data import load_monkey
-from .runs import FINGERPRINT, read_json, run_fingerprint, fingerprint_diff
+from .runs import FINGERPRINT, read_json, run_fingerprint, fingerprint_diff, is_sealed, verify_seal
 from .train import fit, run_name, _config, RESUME_IGNORES
 import neurofc.baselines  # registers the baselines
 
@@ -40,7 +39,9 @@ def render_report(monkey: str, runs, data_dir: str | Path = 'data', out: str | P
 def _differs(run_dir: Path, cfg, fingerprint: dict) -> list[str]:
     "Why the run in `run_dir` cannot be continued or reused for `cfg` on these data and code (empty: it can)."
     if not (run_dir / FINGERPRINT).exists(): return [f"it has no {FINGERPRINT}"]
-    try: old, saved = _config(run_dir), read_json(run_dir / FINGERPRINT)
+    try:
+        if is_sealed(run_dir): verify_seal(run_dir)
+        old, saved = _config(run_dir), read_json(run_dir / FINGERPRINT)
     except (ValueError, KeyError, TypeError, FileNotFoundError) as e: return [str(e)]
     diffs = [f"config {k}: {v!r}, now {getattr(cfg, k)!r}" for k, v in old.to_dict().items()
              if getattr(cfg, k) != v and k not in RESUME_IGNORES]
@@ -60,8 +61,9 @@ def run_demo(monkey: str = 'beignet', device: str = 'auto', runs_dir: str | Path
     "Train every demo model quickly on `monkey` (reusing runs of the same data and code) and render the phase report."
     t0 = time.time()
     data_dir, runs_dir = resolve_path(data_dir), resolve_path(runs_dir)
-    source = data_dir if has_real_data(data_dir, monkey) else ensure_synthetic(data_dir, monkey)
-    if source != data_dir: print(f"No real {monkey} files in {data_dir}: using the simulator's synthetic data in {source}")
+    source = data_source(data_dir, monkey)
+    print(f"Using the real {monkey} files in {data_dir}" if source == data_dir else
+          f"No real {monkey} files in {data_dir}: using the simulator's synthetic data in {source}")
     dirs, loaded = [], {}
     for m in models:
         phase, model = (m, 'amag') if m in ('paper', 'compete', 'reference') else ('paper', m)

@@ -70,7 +70,7 @@ def resolve_runs(runs: str | Path | list,
 def load_test_sets(data_dir: str | Path, monkey: str) -> dict[str, dict]:
     "Per session: `masked` input, `truth`, its `kind` and, on synthetic data, the simulator's `oracle` forecast."
     out = {}
-    for s in find_sessions(data_dir, monkey):
+    for s in find_sessions(data_dir, monkey, 'test'):          # a day with test files only is scored too
         C = get_monkey(monkey).n_channels
         masked = load_npz(session_path(data_dir, s, 'test'), C)
         try: truth = load_session(session_path(data_dir, s, 'truth'), monkey, 'truth')

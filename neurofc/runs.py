@@ -136,6 +136,6 @@ def verify_run(run_dir: str | Path, data: dict | None = None, code: str = 'warn'
                                 + '\n'.join(f"  - {d}" for d in diffs) + "\nEvaluate it on the data it was trained on, "
                                 "or train a new run on these data.")
     if code != 'ignore' and (cd := code_diff(saved['code'], now['code'])):
-        if code == 'refuse': raise RunIntegrityError(f"{run_dir} was trained with other code: {cd[0]}")
+        if code == 'refuse': raise RunIntegrityError(f"{run_dir}: {cd[0]}")
         warnings.warn(f"{run_dir.name}: {cd[0]}; its forecasts are computed with the present code", stacklevel=2)
     return saved

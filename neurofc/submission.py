@@ -104,7 +104,7 @@ class Model:
         if x.shape[1] != T_TOTAL: raise ValueError(f"{who} expects {T_TOTAL} time bins on axis 1, found {x.shape[1]} (shape {x.shape})")
         if x.shape[3] != Fe: raise ValueError(f"{who} expects {Fe} features on axis 3, found {x.shape[3]} (shape {x.shape})")
         if x.dtype.kind not in 'fiu': raise TypeError(f"{who} expects a numeric array, found dtype {x.dtype}")
-        return x.astype(np.float32, copy=False)
+        with np.errstate(over='ignore'): return x.astype(np.float32, copy=False)   # beyond float32: inf, repaired
 
     def _say(self, text: str): print(f"Model({self.monkey_name!r}).predict: {text}", file=sys.stderr)
 
@@ -116,7 +116,7 @@ class Model:
         x, fixed = repair_nonfinite(x, f0.stats[f0.keys[0]].mean)
         if len(fixed):
             self._say(f"{len(fixed)} trial(s) {fixed[:10].tolist()}{' ...' if len(fixed) > 10 else ''} held non-finite input "
-                      f"values, repaired: each took the nearest finite value of its channel and feature in time (earlier "
+                      f"values (NaN, ±inf or beyond float32's range), repaired: each took the nearest finite value of its channel and feature in time (earlier "
                       f"bins first), or the main day's training mean where the whole series was non-finite")
         y = np.ascontiguousarray(np.mean([f.predict(x) for f in self.forecasters], 0), dtype=np.float32)
         worse = np.flatnonzero(~np.isfinite(y).all(axis=(1, 2)))
@@ -347,6 +347,12 @@ def _prepare_out(out_dir: Path, zip_path: Path, overwrite: bool):
     if out_dir.exists() and any(out_dir.iterdir()):
         if not (out_dir / MANIFEST).exists():
             raise FileExistsError(f"{out_dir} is not empty and holds no {MANIFEST}: it does not look like a neurofc submission, so it is not deleted")
+        man = json.loads((out_dir / MANIFEST).read_text())
+        ours = {'model.py', MANIFEST, *(f for m in man['monkeys'].values() for r in m['runs'] for f in [*r['members'], r['stats'], r['router']])}
+        other = sorted(p.name for p in out_dir.iterdir() if p.name not in ours)
+        if other:
+            raise FileExistsError(f"{out_dir} holds files that are not part of its submission: {other}; move them, or choose "
+                                  f"another output folder (nothing was deleted)")
         print(f"Replacing the submission {out_dir} (overwrite=True)")
         shutil.rmtree(out_dir)
     if zip_path.exists(): print(f"Replacing {zip_path} (overwrite=True)"); zip_path.unlink()
@@ -449,12 +455,27 @@ def challenge_test_files(data_dir: str | Path, monkeys=CHALLENGE_MONKEYS) -> lis
     out = []
     for monkey in monkeys:
         files = []
-        for s in find_sessions(data_dir, monkey):
+        for s in find_sessions(data_dir, monkey, 'test'):
             try: files.append((s.name, session_path(data_dir, s, 'test')))
             except FileNotFoundError: pass
         if not files: raise FileNotFoundError(f"No masked test files of {monkey!r} in {resolve_path(data_dir)}")
         out.append((monkey, files))
     return out
+
+def _submission_monkeys(submission: Path) -> list[str]:
+    "The monkeys a submission (zip or folder) holds models for, after checking it is one."
+    what = "a submission zip or folder holding model.py and manifest.json"
+    if not submission.exists(): raise FileNotFoundError(f"{submission}: expected {what}, found nothing there")
+    try:
+        if submission.is_dir():
+            names = {p.name for p in submission.iterdir()}
+            text = (submission / MANIFEST).read_text() if MANIFEST in names else None
+        else:
+            with zipfile.ZipFile(submission) as z:
+                names = set(z.namelist()); text = z.read(MANIFEST).decode() if MANIFEST in names else None
+    except zipfile.BadZipFile: raise ValueError(f"{submission}: expected {what}, found a file that is not a zip archive") from None
+    if not {'model.py', MANIFEST} <= names: raise ValueError(f"{submission}: expected {what}, found {sorted(names)[:10]}")
+    return sorted(json.loads(text)['monkeys'])
 
 def run_ingestion(submission: str | Path,   # the zip (unpacked into `work_dir/submission`) or an unpacked folder
                   data_dir: str | Path,     # holds the masked test files (`test/` or flat)
@@ -464,8 +485,13 @@ def run_ingestion(submission: str | Path,   # the zip (unpacked into `work_dir/s
                   overwrite: bool = False,    # replace what an earlier run left in `work_dir` (never done silently)
                  ) -> dict:
     "Run the challenge's ingestion protocol on `submission` in an isolated interpreter; returns what the driver recorded."
-    work = Path(work_dir)
-    submission = Path(submission)
+    work, submission = Path(work_dir), Path(submission)
+    held = _submission_monkeys(submission)           # checked before anything is written
+    missing = [m for m in monkeys if m not in held]
+    if missing:
+        raise ValueError(f"{submission}: the ingestion asks for {list(monkeys)}, the submission holds models for {held} "
+                         f"(missing {missing}): pass monkeys={held}")
+    files = challenge_test_files(data_dir, monkeys)
     mine = [work / n for n in ('submission', 'output', 'cwd', 'job.json', 'driver.py', 'result.json')]
     used = [p for p in mine if p.exists() and (submission.suffix == '.zip' or p.name != 'submission')]
     if used and not overwrite:
@@ -483,7 +509,7 @@ def run_ingestion(submission: str | Path,   # the zip (unpacked into `work_dir/s
     for p in (out, cwd): p.mkdir(exist_ok=True)
     site = sorted({str(Path(m.__file__).resolve().parents[1]) for m in (np, torch)})
     job = dict(site_packages=site, output_dir=str(out.resolve()), submission_dir=str(sub.resolve()), result=str((work / 'result.json').resolve()),
-               monkeys=[(m, [(n, str(Path(p).resolve())) for n, p in files]) for m, files in challenge_test_files(data_dir, monkeys)])
+               monkeys=[(m, [(n, str(Path(p).resolve())) for n, p in fs]) for m, fs in files])
     (work / 'job.json').write_text(json.dumps(job)); (work / 'driver.py').write_text(_DRIVER)
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
     if threads: env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -498,7 +524,7 @@ def score_predictions(output_dir: str | Path, data_dir: str | Path, monkeys=CHAL
     "Score `test_<name>.predictions.npz` files as the challenge's scoring does; per file and 'total' (plain mean)."
     out = {}
     for monkey in monkeys:
-        for s in find_sessions(data_dir, monkey):
+        for s in find_sessions(data_dir, monkey, 'test'):
             try: truth = load_npz(session_path(data_dir, s, 'truth'))[..., 0]
             except FileNotFoundError: continue
             p = Path(output_dir) / f'test_{s.name}.predictions.npz'

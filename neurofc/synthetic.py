@@ -13,12 +13,12 @@ from scipy.special import ndtri
 import neurofc
 from .core import Config, resolve_path
 from .data import (N_FEATURES, T_CONTEXT, T_TOTAL, Session, challenge_mse, check_array, get_monkey, load_split, mask_future,
-                          save_npz)
+                          has_real_data, save_npz)
 
 # %% auto 0
 __all__ = ['BIN_S', 'N_BANDS', 'SimParams', 'default_params', 'electrode_positions', 'DayModel', 'SimBatch', 'make_days',
            'simulate', 'oracle_forecast', 'write_challenge_like', 'is_synthetic', 'synthetic_info', 'ensure_synthetic',
-           'load_oracle']
+           'data_source', 'load_oracle']
 
 # %% ../nbs/02_synthetic.ipynb
 BIN_S = 0.030                  # seconds per bin
@@ -389,6 +389,14 @@ def ensure_synthetic(data_dir: str | Path, monkey: str, seed: int = 0) -> Path:
         print(f"Rewriting the synthetic {monkey} tree in {out}: it was written by neurofc {info.get('neurofc_version')} "
               f"with seed {info.get('seed')}, this is neurofc {neurofc.__version__} asking for seed {seed}")
     return write_challenge_like(out, monkey, seed)
+
+def data_source(data_dir: str | Path, monkey: str) -> Path:
+    "Where `monkey`'s files are read from: `data_dir` when it holds the real ones, else its simulator tree (written once)."
+    data_dir = resolve_path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data_dir: expected an existing folder, found none at {data_dir} (put the real files in "
+                                f"the project's data/ folder; the simulator's tree is written under data/synthetic)")
+    return data_dir if has_real_data(data_dir, monkey) else ensure_synthetic(data_dir, monkey)
 
 def load_oracle(data_dir: str | Path, monkey: str) -> dict[str, np.ndarray]:
     "The oracle forecasts `(N, 20, C)` of a synthetic tree, keyed by session key (main day first)."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_train.ipynb 2
 from __future__ import annotations
-import copy, csv, dataclasses, json, math, os, platform, time
+import ast, copy, csv, dataclasses, json, math, os, platform, time
 from pathlib import Path
 
 import numpy as np
@@ -211,6 +211,7 @@ MODEL_BUILDERS = {'amag': _build_amag}
 
 def build_model(cfg: RunConfig, n_channels: int, n_sessions: int, n_features: int = 9, data: MonkeyData | None = None) -> nn.Module:
     "The model `cfg.model`; `data` (training trials) initialises data-dependent parameters, omitted when weights are loaded."
+    if cfg.model not in MODEL_BUILDERS: import neurofc.baselines   # registers the baselines' builders
     if cfg.model not in MODEL_BUILDERS:
         raise ValueError(f"No builder for model {cfg.model!r}; import neurofc.baselines for baselines. Known: {sorted(MODEL_BUILDERS)}")
     return MODEL_BUILDERS[cfg.model](cfg, n_channels, n_sessions, n_features, data)
@@ -455,12 +456,16 @@ def finish_run(cfg, data, run_dir, dev, state, seed, n_params) -> dict:
     return metrics
 
 def check_seeds(seeds) -> list[int]:
-    "`seeds` as a list of distinct ints: one int, or a non-empty list of them."
+    "`seeds` as a list of distinct ints: one int, a non-empty list of them, or their text ('7', '[1, 2]': papermill's `-p`)."
     one = lambda s: isinstance(s, (int, np.integer)) and not isinstance(s, bool)
+    bad = TypeError(f"seeds: expected an int or a non-empty list of distinct ints, found {seeds!r}")
+    if isinstance(seeds, str):
+        try: seeds = ast.literal_eval(seeds.strip())
+        except (ValueError, SyntaxError): raise bad from None
     if one(seeds): return [int(seeds)]
     if isinstance(seeds, (list, tuple)) and seeds and all(one(s) for s in seeds) and len(set(seeds)) == len(seeds):
         return [int(s) for s in seeds]
-    raise TypeError(f"seeds: expected an int or a non-empty list of distinct ints, found {seeds!r}")
+    raise bad
 
 def train_seeds(cfg: RunConfig, data_dir: str | Path, seeds=(42,), runs_dir: str | Path = 'runs', device: str = 'auto',
                 resume: bool = False, progress: bool = True) -> list[Path]:

@@ -30,3 +30,14 @@ def test_train_notebook_quick(tmp_path, phase):
     # a second call refuses to overwrite the run
     r2 = _papermill(tmp_path, phase=phase, monkey='beignet', quick=True, runs_dir=str(runs), data_dir=str(ROOT / 'data'))
     assert r2.returncode != 0 and 'already exists; pass resume=True' in r2.stderr + r2.stdout
+
+
+def test_train_notebook_seeds_as_papermill_passes_them(tmp_path):
+    "`-p seeds 7` and `-p seeds \"[1, 2]\"` (papermill passes the list as text) each train one run per seed."
+    runs = tmp_path / 'runs'
+    for seeds, names in [('[1, 2]', ['seed1', 'seed2']), ('7', ['seed7'])]:
+        r = _papermill(tmp_path, phase='paper', model='persistence', monkey='beignet', quick=True, seeds=seeds,
+                       runs_dir=str(runs), data_dir=str(ROOT / 'data'))
+        assert r.returncode == 0, r.stderr[-3000:]
+        for n in names: assert (runs / f'beignet-persistence-{n}' / 'seal.json').exists(), n
+    assert sorted(p.name for p in runs.iterdir()) == [f'beignet-persistence-seed{k}' for k in (1, 2, 7)]
