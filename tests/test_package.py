@@ -57,3 +57,11 @@ def test_check_sync_catches_outputs(tmp_path):
     bad = subprocess.run(['bash', '.ci/check-sync'], cwd=repo, capture_output=True, text=True)
     assert bad.returncode != 0
     assert 'carry outputs or metadata' in bad.stdout
+
+
+def test_notebooks_carry_unique_cell_ids():
+    "nbformat 4.5 cells need ids (else papermill and nbconvert warn `MissingIDFieldWarning` on every run)."
+    import json
+    for nb in sorted((ROOT / 'nbs').glob('*.ipynb')):
+        ids = [c.get('id') for c in json.loads(nb.read_text())['cells']]
+        assert all(ids) and len(set(ids)) == len(ids), f'{nb.name}: cells without ids or with repeated ids'
