@@ -383,7 +383,8 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
         save_last()
         _write_history(run_dir / 'history.csv', state['history'])
         if bar:
-            bar.update(1); bar.set_postfix(loss=f"{row['train_loss']:.4f}", val=f"{state['best']:.4g}", lr=f"{row['lr']:.2e}")
+            bar.update(1); bar.set_postfix(loss=f"{row['train_loss']:.4f}", lr=f"{row['lr']:.2e}",
+                            **({'val': f"{state['best']:.4g}"} if math.isfinite(state['best']) else {}))   # none yet
         if callback: callback(epoch, row)
         if stop: break
     if bar: bar.close()
