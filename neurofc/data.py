@@ -16,9 +16,9 @@ from .core import resolve_path
 # %% auto 0
 __all__ = ['T_CONTEXT', 'T_TOTAL', 'N_FEATURES', 'MONKEYS', 'mask_future', 'challenge_mse', 'Session', 'Monkey',
            'register_monkey', 'get_monkey', 'add_session', 'load_registry', 'check_array', 'load_npz', 'masked_trials',
-           'array_digest', 'save_npz', 'find_sessions', 'session_path', 'load_session', 'load_split', 'has_real_data',
-           'Stats', 'compute_stats', 'normalize', 'denormalize_lmp', 'split_indices', 'make_splits', 'MonkeyData',
-           'load_monkey', 'Batch', 'DeviceBatcher', 'binom_tail', 'SessionRouter']
+           'file_record', 'array_digest', 'save_npz', 'find_sessions', 'session_path', 'load_session', 'load_split',
+           'has_real_data', 'Stats', 'compute_stats', 'normalize', 'denormalize_lmp', 'split_indices', 'make_splits',
+           'MonkeyData', 'load_monkey', 'Batch', 'DeviceBatcher', 'binom_tail', 'SessionRouter']
 
 # %% ../nbs/01_data.ipynb
 T_CONTEXT, T_TOTAL = 10, 20   # bins 0-9 are context, 10-19 are forecast
@@ -180,6 +180,10 @@ def masked_trials(x: np.ndarray) -> np.ndarray:
     "Indices of trials whose bins 10-19 repeat bin 9 exactly in every channel and feature (the masking rule)."
     return np.flatnonzero((x[:, T_CONTEXT:] == x[:, T_CONTEXT - 1:T_CONTEXT]).all(axis=tuple(range(1, x.ndim))))
 
+def file_record(path: Path, x: np.ndarray) -> dict:
+    "What a fingerprint records of a session file: its name, its array's shape and content hash."
+    return dict(file=Path(path).name, shape=list(x.shape), sha256=array_digest(x))
+
 def array_digest(x: np.ndarray) -> str:
     "SHA-256 of an array's dtype, shape and bytes: the identity of a data file's content."
     h = hashlib.sha256(f'{x.dtype.str}{x.shape}'.encode())
@@ -203,11 +207,11 @@ def _find(data_dir: Path, split: str, fname: str) -> Path | None:
 def find_sessions(data_dir: str | Path, monkey: str, split: str = 'train') -> list[Session]:
     "`monkey`'s days in `data_dir`: the registered ones, plus those found from file names (`train_data_<monkey>_<day>.npz`; with `split='test'` also `test_data_<monkey>_<day>_masked.npz`)."
     m, data_dir = get_monkey(monkey), resolve_path(data_dir)
-    names = [('train', f'train_data_{m.name}_', '.npz')] + ([('test', f'test_data_{m.name}_', '_masked.npz')] if split == 'test' else [])
+    names = [('train', 'train_data_', '.npz')] + ([('test', 'test_data_', '_masked.npz')] if split == 'test' else [])
     here = set()
-    for folder, head, tail in names:
-        for p in sorted([*data_dir.glob(f'{folder}/{head}*{tail}'), *data_dir.glob(f'{head}*{tail}')]):
-            here.add(add_session(m.name, p.name[len(head) - len(m.name) - 1:-len(tail)], discovered=True).key)
+    for folder, head, tail in names:                 # the key is the name between `head` and `tail`
+        for p in sorted([*data_dir.glob(f'{folder}/{head}{m.name}_*{tail}'), *data_dir.glob(f'{head}{m.name}_*{tail}')]):
+            here.add(add_session(m.name, p.name[len(head):-len(tail)], discovered=True).key)
     return [s for s in m.sessions if not s.discovered or s.key in here]   # a day found elsewhere is not one of this folder's
 
 def session_path(data_dir: str | Path, session: Session, split: str = 'train') -> Path:
@@ -330,7 +334,7 @@ def load_monkey(data_dir: str | Path, monkey: str, val_frac: float = 0.1, cross_
                              f"validation trial per day (checkpoints are chosen on validation), found 0")
     train = {k: arrays[k][splits[k][0]] for k in arrays}
     val = {k: arrays[k][splits[k][1]] for k in arrays}
-    files = {k: dict(file=p.name, shape=list(arrays[k].shape), sha256=array_digest(arrays[k])) for k, p in paths.items()}
+    files = {k: file_record(p, arrays[k]) for k, p in paths.items()}
     return MonkeyData(m.name, train, val, {k: compute_stats(v) for k, v in train.items()}, splits, resolve_path(data_dir), files)
 
 # %% ../nbs/01_data.ipynb
@@ -404,14 +408,14 @@ class SessionRouter:
         x = np.asarray(x[:, :T_CONTEXT, :, 0], np.float64)
         return np.concatenate([x.mean(1), np.log(x.std(1) + 1e-3)], 1)
 
-    def _dist(self, x) -> np.ndarray:
-        "Squared distance (N, K) of each trial to each day's centroid, features standardised over all days (routing)."
-        z = (self.features(x) - self.mu) / self.sd
+    def _dist(self, f) -> np.ndarray:
+        "Squared distance (N, K) of features `f` to each day's centroid, standardised over all days (routing)."
+        z = (f - self.mu) / self.sd
         return ((z[:, None] - self.centroids[None]) ** 2).sum(-1)
 
-    def _spread(self, x) -> np.ndarray:
-        "Root-mean-square distance (N, K) of each trial to each day, every feature in units of that day's own std."
-        return np.sqrt((((self.features(x)[:, None] - self.day_mu[None]) / self.day_sd[None]) ** 2).mean(-1))
+    def _spread(self, f) -> np.ndarray:
+        "Root-mean-square distance (N, K) of features `f` to each day, every feature in units of that day's own std."
+        return np.sqrt((((f[:, None] - self.day_mu[None]) / self.day_sd[None]) ** 2).mean(-1))
 
     def fit(self, arrays: dict[str, np.ndarray]) -> SessionRouter:
         "Fit on raw training trials per session (keys in this router's order)."
@@ -420,23 +424,29 @@ class SessionRouter:
         self.mu, self.sd = allf.mean(0), allf.std(0) + 1e-6
         self.centroids = np.stack([((f[k] - self.mu) / self.sd).mean(0) for k in self.keys])
         self.day_mu, self.day_sd = np.stack([f[k].mean(0) for k in self.keys]), np.stack([f[k].std(0) + 1e-6 for k in self.keys])
-        self.radius = np.array([np.quantile(self._spread(arrays[k])[:, i], self.quantile) for i, k in enumerate(self.keys)])
+        self.radius = np.array([np.quantile(self._spread(f[k])[:, i], self.quantile) for i, k in enumerate(self.keys)])
         return self
 
     def distances(self, x) -> np.ndarray:
         "Distance (N, K) of each trial of raw `x` to each day, in units of that day's radius (> 1: beyond its spread)."
         if self.radius is None: raise ValueError("this router was saved without day radii (an older neurofc): refit it")
-        return self._spread(x) / self.radius
+        return self._spread(self.features(x)) / self.radius
 
     def predict(self, x) -> np.ndarray:
         "Session index of each trial of raw `x` (N, 20, C, F); -1 for a trial whose context LMP is not finite."
-        d = self._dist(x)
+        return self._vote(self._dist(self.features(x)))
+
+    @staticmethod
+    def _vote(d) -> np.ndarray:
+        "The nearest day of each trial, -1 where its distances are not finite."
         ok = np.isfinite(d).all(1)
         return np.where(ok, np.where(ok[:, None], d, 0).argmin(1), -1)
 
     def route(self, x) -> dict:
         "How a whole file of raw `x` relates to the known days: nearest day, distances, and whether it is unseen."
-        d, s = self.distances(x), self.predict(x)
+        if self.radius is None: raise ValueError("this router was saved without day radii (an older neurofc): refit it")
+        f = self.features(x)                            # once: routing and spreads use the same features
+        d, s = self._spread(f) / self.radius, self._vote(self._dist(f))
         ok = s >= 0
         if not ok.any(): raise ValueError(f"none of the {len(x)} trial(s) has a finite context LMP: the day cannot be inferred")
         near = np.median(d[ok], 0)                      # per day: the median trial's distance

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_demo.ipynb 2
 from __future__ import annotations
-import dataclasses, itertools, time
+import itertools, time
 from pathlib import Path
 
 from .core import resolve_path
@@ -12,8 +12,7 @@ from .config import phase_config
 from .synthetic import data_source
 from .data import load_monkey
 from .runs import FINGERPRINT, read_json, run_fingerprint, fingerprint_diff, is_sealed, verify_seal
-from .train import fit, run_name, _config, RESUME_IGNORES
-import neurofc.baselines  # registers the baselines
+from .train import fit, run_name, config_diff
 
 # %% auto 0
 __all__ = ['DEMO_MODELS', 'render_report', 'demo_run_dir', 'run_demo']
@@ -41,11 +40,9 @@ def _differs(run_dir: Path, cfg, fingerprint: dict) -> list[str]:
     if not (run_dir / FINGERPRINT).exists(): return [f"it has no {FINGERPRINT}"]
     try:
         if is_sealed(run_dir): verify_seal(run_dir)
-        old, saved = _config(run_dir), read_json(run_dir / FINGERPRINT)
+        diffs, saved = config_diff(run_dir, cfg), read_json(run_dir / FINGERPRINT)
     except (ValueError, KeyError, TypeError, FileNotFoundError) as e: return [str(e)]
-    diffs = [f"config {k}: {v!r}, now {getattr(cfg, k)!r}" for k, v in old.to_dict().items()
-             if getattr(cfg, k) != v and k not in RESUME_IGNORES]
-    return diffs + fingerprint_diff(saved, fingerprint)
+    return [f"config {k}: {v!r}, now {n!r}" for k, (v, n) in diffs.items()] + fingerprint_diff(saved, fingerprint)
 
 def demo_run_dir(runs_dir: Path, name: str, cfg, fingerprint: dict) -> Path:
     "The first of `name`, `name-2`, `name-3`, ... that is free or holds a run of `cfg` on these data and code."
@@ -71,8 +68,7 @@ def run_demo(monkey: str = 'beignet', device: str = 'auto', runs_dir: str | Path
         split = (cfg.val_frac, cfg.cross_val_frac, cfg.split_seed)
         if split not in loaded: loaded[split] = load_monkey(source, monkey, *split)
         data = loaded[split]
-        limited = data if not cfg.train_limit else dataclasses.replace(data, train={k: v[:cfg.train_limit] for k, v in data.train.items()})
-        d = demo_run_dir(runs_dir, run_name(cfg, seed), cfg, run_fingerprint(limited))
+        d = demo_run_dir(runs_dir, run_name(cfg, seed), cfg, run_fingerprint(data))   # of the files: train_limit aside
         print(f"[{time.time() - t0:5.0f} s] {m} ({monkey}, quick): {d}")
         fit(cfg, data, d, seed, device, resume=True)
         dirs.append(d)

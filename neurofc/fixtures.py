@@ -13,7 +13,6 @@ from .data import load_monkey, MonkeyData
 from .synthetic import ensure_synthetic, make_days, simulate, oracle_forecast, _rng
 from .data import Session, get_monkey, save_npz, mask_future
 from .train import train_seeds
-import neurofc.baselines  # registers the baselines
 
 # %% auto 0
 __all__ = ['TINY', 'synthetic_dir', 'tiny_data', 'quick_runs', 'extra_day_tree']

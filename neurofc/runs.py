@@ -8,7 +8,7 @@ import functools, hashlib, json, os, subprocess, warnings
 from pathlib import Path
 
 import neurofc
-from .data import get_monkey, find_sessions, session_path, load_session, array_digest
+from .data import get_monkey, find_sessions, session_path, load_session, file_record
 
 # %% auto 0
 __all__ = ['FINGERPRINT', 'SEAL', 'read_json', 'file_digest', 'code_fingerprint', 'data_fingerprint', 'run_fingerprint',
@@ -51,8 +51,7 @@ def data_fingerprint(data_dir: str | Path, monkey: str) -> dict:
     files = {}
     for s in find_sessions(data_dir, monkey):
         p = session_path(data_dir, s, 'train')
-        x = load_session(p, monkey)
-        files[s.key] = dict(file=p.name, shape=list(x.shape), sha256=array_digest(x))
+        files[s.key] = file_record(p, load_session(p, monkey))
     return dict(monkey=get_monkey(monkey).name, days=list(files), files=files)
 
 def run_fingerprint(data) -> dict:
@@ -110,14 +109,15 @@ def verify_seal(run_dir: str | Path) -> None:
     run_dir = Path(run_dir)
     seal = read_json(run_dir / SEAL, 'the seal of a finished neurofc run')['files']
     now = {p.name: p for p in _contents(run_dir)}
+    found = {n: file_digest(now[n]) for n in seal if n in now}      # each file hashed once
     bad = [f"{n}: missing" for n in seal if n not in now]
-    bad += [f"{n}: content differs (SHA-256 sealed {_short(h)}, found {_short(file_digest(now[n]))})"
-            for n, h in seal.items() if n in now and file_digest(now[n]) != h]
+    bad += [f"{n}: content differs (SHA-256 sealed {_short(h)}, found {_short(found[n])})"
+            for n, h in seal.items() if n in found and found[n] != h]
     bad += [f"{n}: added after the run finished" for n in now if n not in seal]
     if bad:
         raise RunIntegrityError(f"{run_dir} is a finished run, but its files differ from the seal written when it "
-                                f"finished:\n" + '\n'.join(f"  - {b}" for b in bad) + "\nIts results can no longer be "
-                                f"trusted: restore the files from a backup, or train the run again.")
+                                "finished:\n" + '\n'.join(f"  - {b}" for b in bad) + "\nIts results can no longer be "
+                                "trusted: restore the files from a backup, or train the run again.")
 
 # %% ../nbs/06a_runs.ipynb
 def verify_run(run_dir: str | Path, data: dict | None = None, code: str = 'warn') -> dict:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_submission.ipynb 3
 from __future__ import annotations
-import ast, builtins, datetime, hashlib, importlib, importlib.util, inspect, json, os, shutil, subprocess, sys, tempfile, time
+import ast, builtins, datetime, importlib, importlib.util, inspect, json, os, shutil, subprocess, sys, tempfile, time
 import types, warnings, zipfile
 from pathlib import Path
 
@@ -87,8 +87,7 @@ class Model:
         "A member's state dict, after checking the file against the SHA-256 the manifest recorded."
         if not os.path.exists(path): raise FileNotFoundError(f"Submission file {path} is missing")
         if digest is not None:
-            with open(path, 'rb') as f: found = hashlib.sha256(f.read()).hexdigest()
-            if found != digest:
+            if (found := file_digest(path)) != digest:
                 raise ValueError(f"{path}: expected the weights exported with SHA-256 {digest[:12]}…, found a file with "
                                  f"SHA-256 {found[:12]}… (damaged or replaced): export the submission again")
         try: return torch.load(path, map_location='cpu', weights_only=True)

@@ -22,7 +22,7 @@ from .losses import forecast_mse, forecast_huber, mmd_loss, spectral_loss, varia
 
 # %% auto 0
 __all__ = ['RESUME_IGNORES', 'MODEL_BUILDERS', 'lr_factor', 'is_cycle_end', 'EMA', 'augment', 'mixup', 'Forecaster',
-           'context_stats', 'score_sessions', 'persistence', 'run_name', 'atomic_save', 'environment',
+           'context_stats', 'score_sessions', 'persistence', 'run_name', 'atomic_save', 'environment', 'config_diff',
            'prepare_run_dir', 'build_model', 'loss_weight', 'augments', 'make_optimizer', 'TrainStep', 'fit',
            'members_of', 'load_run', 'finish_run', 'check_seeds', 'train_seeds']
 
@@ -171,6 +171,10 @@ def _config(run_dir: Path) -> RunConfig:
     path = run_dir / 'config.json'
     return RunConfig.from_dict(read_json(path, 'the configuration of a neurofc run'), str(path))
 
+def config_diff(run_dir: Path, cfg: RunConfig) -> dict:
+    "Fields (saved, requested) where `cfg` differs from the run's saved config, except budget, memory and speed."
+    return {k: (v, getattr(cfg, k)) for k, v in _config(run_dir).to_dict().items() if getattr(cfg, k) != v and k not in RESUME_IGNORES}
+
 def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, fingerprint: dict | None = None) -> str:
     "Create `run_dir` ('new') or verify, writing nothing, that it may be resumed: 'resume', 'restart' (no checkpoint yet) or 'finished'."
     if not (run_dir.exists() and any(run_dir.iterdir())):
@@ -179,8 +183,7 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, fingerprint: di
     if not resume:
         raise FileExistsError(f"Run directory {run_dir} already exists; pass resume=True to continue it from its last "
                               f"checkpoint, or remove it / choose another runs_dir (neurofc never overwrites a run)")
-    old = _config(run_dir)
-    diff = {k: (v, getattr(cfg, k)) for k, v in old.to_dict().items() if getattr(cfg, k) != v and k not in RESUME_IGNORES}
+    diff = config_diff(run_dir, cfg)
     if diff: raise ValueError(f"Cannot resume {run_dir}: its config differs in {diff} (saved, requested)")
     if fingerprint is not None:
         if not (run_dir / FINGERPRINT).exists():
