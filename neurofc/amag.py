@@ -10,16 +10,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
-from torch.autograd.function import once_differentiable
-from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .data import mask_future, T_CONTEXT, T_TOTAL, N_FEATURES
 from .revin import RevIN
 
 # %% auto 0
-__all__ = ['ADAPTOR_WIDTHS', 'ADAPTOR_KEEP_BYTES', 'sinusoidal_pe', 'keep_mask', 'Dropout', 'SelfAttention', 'Block', 'Encoder',
-           'FeatureEmbed', 'TemporalEncoder', 'correlation_adjacency', 'auto_chunk', 'Adaptor', 'adaptor_naive',
-           'SpatialInteraction', 'ChannelAttention', 'TemporalReadout', 'SessionEmbedding', 'AMAG']
+__all__ = ['ADAPTOR_WIDTHS', 'sinusoidal_pe', 'check_heads', 'SelfAttention', 'Block', 'Encoder', 'FeatureEmbed',
+           'TemporalEncoder', 'correlation_adjacency', 'Adaptor', 'SpatialInteraction', 'ChannelAttention',
+           'TemporalReadout', 'SessionEmbedding', 'check_session', 'AMAG']
 
 # %% ../nbs/04_amag.ipynb
 def sinusoidal_pe(n_steps: int, # sequence length T
@@ -34,177 +32,57 @@ def sinusoidal_pe(n_steps: int, # sequence length T
     return pe
 
 # %% ../nbs/04_amag.ipynb
-def _check_heads(d: int, heads: int, what: str = 'hidden'):
-    if heads < 1 or d % heads: raise ValueError(f"{what} width {d} must be divisible by the number of heads, found heads={heads}")
-
-def keep_mask(shape: tuple[int, ...], # the mask's shape
-              p: float,                # drop probability, in [0, 1)
-             ) -> Tensor:              # uint8 (1 = keep) on the CPU
-    "Bernoulli(1-p) keep mask from 32-bit uniform integers of NumPy's PCG64, seeded from torch's generator."
-    n = math.prod(shape)
-    seed = int(torch.randint(0, 2 ** 62, (1,)))    # torch.manual_seed and checkpoint's RNG replay govern the mask
-    u = np.random.PCG64(seed).random_raw((n + 1) // 2).view(np.uint32)[:n]
-    return torch.from_numpy((u >= np.uint32(round(p * 2 ** 32))).view(np.uint8)).view(shape)
-
-class _CPUDropout(torch.autograd.Function):
-    "Inverted dropout with a `keep_mask` (1 byte per element, kept for backward)."
-    @staticmethod
-    def forward(ctx, x, p: float):
-        keep = keep_mask(tuple(x.shape), p)
-        ctx.save_for_backward(keep); ctx.scale = 1 / (1 - p)
-        return torch.mul(x, keep).mul_(ctx.scale)
-
-    @staticmethod
-    def backward(ctx, g):
-        keep, = ctx.saved_tensors
-        return torch.mul(g, keep).mul_(ctx.scale), None
-
-class Dropout(nn.Module):
-    "`nn.Dropout`'s distribution; on the CPU a `keep_mask` (about 2.5x faster than torch's CPU generator), on a GPU `F.dropout`."
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0: return x
-        return _CPUDropout.apply(x, self.p) if x.device.type == 'cpu' else F.dropout(x, self.p, True)
+def check_heads(d: int, heads: int, what: str = 'hidden'):
+    "Raise unless `heads` divides the width `d`."
+    if heads < 1 or d % heads:
+        raise ValueError(f"{what} width {d} must be divisible by the number of heads, found heads={heads}")
 
 class SelfAttention(nn.Module):
     "Multi-head self-attention over the middle axis of `(N, L, d)`."
     def __init__(self, d: int, heads: int = 1, dropout: float = 0.0):
         super().__init__()
-        _check_heads(d, heads)
+        check_heads(d, heads)
         self.heads, self.p = heads, dropout
         self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
 
-    def forward(self, x: Tensor, start: int = 0) -> Tensor:   # outputs (queries) for positions >= start only
-        N, L, d = x.shape; h = self.heads
-        if start:
-            W, b = self.qkv.weight, self.qkv.bias
-            q = F.linear(x[:, start:], W[:d], b[:d]).view(N, L - start, h, d // h).transpose(1, 2)
-            k, v = F.linear(x, W[d:], b[d:]).view(N, L, 2, h, d // h).permute(2, 0, 3, 1, 4)
-        else: q, k, v = self.qkv(x).view(N, L, 3, h, d // h).permute(2, 0, 3, 1, 4)
-        if x.device.type == 'cpu':   # written out: faster than SDPA's CPU kernels at these lengths (1.2x one head, 1.5x four)
-            w = (q @ k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5).softmax(-1)
-            a = (_CPUDropout.apply(w, self.p) if self.training and self.p > 0 else w) @ v
-        else: a = F.scaled_dot_product_attention(q, k, v, dropout_p=self.p if self.training else 0.0)
-        return self.proj(a.transpose(1, 2).reshape(N, L - start, d))
+    def forward(self, x: Tensor) -> Tensor:
+        N, L, d = x.shape
+        q, k, v = self.qkv(x).view(N, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, dropout_p=self.p if self.training else 0.0)
+        return self.proj(a.transpose(1, 2).reshape(N, L, d))
 
+# %% ../nbs/04_amag.ipynb
 class Block(nn.Module):
     "Pre-norm transformer block on `(N, L, d)`."
     def __init__(self, d: int, heads: int = 1, d_ff: int = 256, dropout: float = 0.0):
         super().__init__()
         self.n1, self.attn, self.n2 = nn.LayerNorm(d), SelfAttention(d, heads, dropout), nn.LayerNorm(d)
-        self.ff = nn.Sequential(nn.Linear(d, d_ff), nn.GELU(), Dropout(dropout), nn.Linear(d_ff, d))
-        self.drop = Dropout(dropout)
+        self.ff = nn.Sequential(nn.Linear(d, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d))
+        self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, start: int = 0) -> Tensor:   # outputs for positions >= start (all are keys)
-        x = x[:, start:] + self.drop(self.attn(self.n1(x), start))
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop(self.attn(self.n1(x)))
         return x + self.drop(self.ff(self.n2(x)))
 
 class Encoder(nn.Module):
-    "`layers` pre-norm blocks and a final LayerNorm, `(N, L, d) -> (N, L - start, d)`; optionally in recomputed tiles of sequences."
-    def __init__(self, d: int, heads: int = 1, layers: int = 1, d_ff: int = 256, dropout: float = 0.0,
-                 tile: int = 0):   # sequences per tile (0: all at once); tiles are recomputed in backward
+    "`layers` pre-norm blocks and a final LayerNorm, `(N, L, d) -> (N, L, d)`."
+    def __init__(self, d: int, heads: int = 1, layers: int = 1, d_ff: int = 256, dropout: float = 0.0):
         super().__init__()
         if layers < 1: raise ValueError(f"layers must be at least 1, found {layers}")
-        if tile < 0: raise ValueError(f"encoder tile must be >= 0 (0 = no tiling), found {tile}")
         self.blocks = nn.ModuleList(Block(d, heads, d_ff, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(d)
-        self.tile, self.keep = tile, 0   # keep: bytes of tile activations kept rather than recomputed (set by AMAG)
 
-    def _run(self, x: Tensor, start: int = 0) -> Tensor:
-        for i, b in enumerate(self.blocks): x = b(x, start if i == len(self.blocks) - 1 else 0)
+    def forward(self, x: Tensor) -> Tensor:
+        for b in self.blocks: x = b(x)
         return self.norm(x)
-
-    def forward(self, x: Tensor,
-                start: int = 0,   # return positions >= start only: the last block computes no other queries
-               ) -> Tensor:
-        if not 0 <= start < x.shape[1]: raise ValueError(f"start must be in [0, {x.shape[1]}), found {start}")
-        return _tiled(lambda t: self._run(t, start), x, self.tile, self.parameters(), self.keep)
-
-def _amp(dev: str) -> tuple[bool, torch.dtype]:
-    "Autocast's state on device type `dev` (torch >= 2.4 API, older fallbacks)."
-    try: return torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)
-    except (TypeError, AttributeError):
-        if dev == 'cuda': return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
-        return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
-
-def _fill(fn, x: Tensor, tile: int, out: Tensor | None = None, start: int = 0) -> Tensor:
-    "`fn` over tiles of `x[start:]`'s first axis (no gradients), written into one output buffer."
-    x = x.detach()
-    for s in range(start, len(x), tile):
-        y = fn(x[s:s + tile])
-        if out is None: out = y.new_empty((len(x), *y.shape[1:]))
-        out[s:s + len(y)] = y
-    return out
-
-def _saved_bytes(fn, *args) -> tuple[Tensor, int]:
-    "`fn(*args)` and the bytes of the distinct storages its graph saves for the backward pass."
-    seen = {}
-    def pack(t):
-        st = t.untyped_storage(); seen[st.data_ptr()] = st.nbytes(); return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): y = fn(*args)
-    return y, sum(seen.values())
-
-class _Tiles(torch.autograd.Function):
-    "`fn` over tiles of `x`: the first tiles keep their graph while `keep` bytes last, the rest run without one and are recomputed in backward (same RNG draws, same autocast)."
-    @staticmethod
-    def forward(ctx, fn, x, tile: int, keep: int, *params):
-        dev = x.device.type
-        ctx.fn, ctx.tile, ctx.amp, ctx.kept = fn, tile, _amp(dev), []
-        out, s = None, 0
-        with torch.enable_grad():                                 # kept tiles: the graph is the saved state
-            while keep > 0 and s < len(x):
-                xi = x[s:s + tile].detach().requires_grad_(ctx.needs_input_grad[1])
-                yi, size = _saved_bytes(fn, xi)
-                if out is None: out = yi.new_empty((len(x), *yi.shape[1:]))
-                out[s:s + len(yi)] = yi.detach()
-                ctx.kept.append((xi, yi)); s += len(xi); keep -= size
-                if keep < size: break                             # the next tile would not fit
-        ctx.first = s                                             # tiles from here on are recomputed
-        ctx.rng = torch.get_rng_state(), (torch.cuda.get_rng_state(x.device) if dev == 'cuda' else None)
-        ctx.save_for_backward(x, *params)
-        return _fill(fn, x, tile, out, s)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g):
-        x, *params = ctx.saved_tensors
-        want_x, want_p = ctx.needs_input_grad[1], ctx.needs_input_grad[4:]
-        gx = torch.empty_like(x) if want_x else None
-        live = [i for i, w in enumerate(want_p) if w]
-        gp = [torch.zeros_like(p) if i in live else None for i, p in enumerate(params)]   # before the tiles' buffers
-        def grad(s, xi, yi):
-            grads = torch.autograd.grad(yi, [xi] * want_x + [params[i] for i in live], g[s:s + len(xi)], allow_unused=True)
-            if want_x: gx[s:s + len(xi)] = grads[0]
-            for i, gi in zip(live, grads[want_x:]):
-                if gi is not None: gp[i].add_(gi)
-        s = 0
-        for xi, yi in ctx.kept: grad(s, xi, yi); s += len(xi)      # kept graphs, freed as they are used
-        ctx.kept = []
-        dev = x.device
-        with torch.random.fork_rng(devices=[dev] if dev.type == 'cuda' else []):
-            torch.set_rng_state(ctx.rng[0])                   # replay the forward's dropout masks
-            if ctx.rng[1] is not None: torch.cuda.set_rng_state(ctx.rng[1], dev)
-            with torch.enable_grad(), torch.autocast(dev.type, dtype=ctx.amp[1], enabled=ctx.amp[0]):
-                for s in range(ctx.first, len(x), ctx.tile):
-                    xi = x[s:s + ctx.tile].detach().requires_grad_(want_x)
-                    grad(s, xi, ctx.fn(xi))
-        return None, gx, None, None, *gp
-
-def _tiled(fn, x: Tensor, tile: int, params=(), keep: int = 0) -> Tensor:
-    "`fn` (using `params`) over tiles of `x`'s first axis; with gradients, tiles beyond `keep` bytes of graph are recomputed in backward (`_Tiles`)."
-    if not tile or len(x) <= tile: return fn(x)
-    if not torch.is_grad_enabled(): return _fill(fn, x, tile)
-    return _Tiles.apply(fn, x, tile, keep, *[p for p in params if p.requires_grad])
 
 # %% ../nbs/04_amag.ipynb
 class FeatureEmbed(nn.Module):
     "Embed `(..., F)` features to `(..., d)`: one linear map, or separate LMP and band pathways."
     def __init__(self, n_features: int, d: int, pathways: bool = False):
         super().__init__()
-        if pathways and n_features < 2: raise ValueError(f"feature_pathways needs at least 2 features (LMP + bands), found {n_features}")
+        if pathways and n_features < 2:
+            raise ValueError(f"feature_pathways needs at least 2 features (LMP + bands), found {n_features}")
         self.pathways = pathways
         if pathways:
             self.lmp = nn.Sequential(nn.Linear(1, d), nn.GELU())
@@ -216,30 +94,33 @@ class FeatureEmbed(nn.Module):
         if not self.pathways: return self.lin(x)
         return self.mix(torch.cat([self.lmp(x[..., :1]), self.band(x[..., 1:])], -1))
 
+# %% ../nbs/04_amag.ipynb
 class TemporalEncoder(nn.Module):
     "TE: `(B, T, C, F)` input to channel-major hidden states `(B, C, T, d)`."
-    def __init__(self, n_features: int = N_FEATURES, d: int = 64, heads: int = 1, layers: int = 1, d_ff: int = 256,
-                 dropout: float = 0.0, pathways: bool = False, n_steps: int = T_TOTAL):
+    def __init__(self, n_features: int = N_FEATURES, d: int = 64, heads: int = 1, layers: int = 1,
+                 d_ff: int = 256, dropout: float = 0.0, pathways: bool = False, n_steps: int = T_TOTAL):
         super().__init__()
         self.embed = FeatureEmbed(n_features, d, pathways)
         self.register_buffer('pe', sinusoidal_pe(n_steps, d), persistent=False)
         self.encoder = Encoder(d, heads, layers, d_ff, dropout)
 
-    def _run(self, x: Tensor) -> Tensor: return self.encoder._run(self.embed(x) + self.pe[:x.shape[1]])
-
     def forward(self, x: Tensor) -> Tensor:
         B, T, C, Fe = x.shape
-        seqs = x.transpose(1, 2).reshape(B * C, T, Fe)               # one sequence per (trial, channel)
-        return _tiled(self._run, seqs, self.encoder.tile, self.parameters(), self.encoder.keep).view(B, C, T, -1)   # (B, C, T, d)
+        seqs = x.transpose(1, 2).reshape(B * C, T, Fe)            # one sequence per (trial, channel)
+        return self.encoder(self.embed(seqs) + self.pe[:T]).view(B, C, T, -1)
 
 # %% ../nbs/04_amag.ipynb
-def correlation_adjacency(lmp: Tensor | np.ndarray, # training LMP `(N, T, C)` (or full trials `(N, T, C, F)`: feature 0 is used)
+def correlation_adjacency(lmp: Tensor | np.ndarray, # training LMP `(N, T, C)` (or trials `(N, T, C, F)`: feature 0)
                          ) -> Tensor:
     "Pearson correlation `(C, C)` between channels over all trials and bins; 0 for constant channels, 1 on the diagonal."
-    a = lmp.detach().to('cpu', torch.float64) if isinstance(lmp, Tensor) else torch.as_tensor(np.asarray(lmp, dtype=np.float64))
+    a = (lmp.detach().to('cpu', torch.float64) if isinstance(lmp, Tensor)
+         else torch.as_tensor(np.asarray(lmp, dtype=np.float64)))
     if a.ndim == 4: a = a[..., 0]
-    if a.ndim != 3: raise ValueError(f"correlation_adjacency expects LMP of rank 3 (N, T, C) or 4 (N, T, C, F), found rank {a.ndim} with shape {tuple(a.shape)}")
-    if not torch.isfinite(a).all(): raise ValueError(f"correlation_adjacency: LMP holds {int((~torch.isfinite(a)).sum())} non-finite values")
+    if a.ndim != 3:
+        raise ValueError(f"correlation_adjacency expects LMP of rank 3 (N, T, C) or 4 (N, T, C, F), found rank "
+                         f"{a.ndim} with shape {tuple(a.shape)}")
+    if not torch.isfinite(a).all():
+        raise ValueError(f"correlation_adjacency: LMP holds {int((~torch.isfinite(a)).sum())} non-finite values")
     x = a.reshape(-1, a.shape[-1])
     x = x - x.mean(0)
     sd = x.pow(2).sum(0).sqrt()
@@ -252,148 +133,32 @@ def correlation_adjacency(lmp: Tensor | np.ndarray, # training LMP `(N, T, C)` (
 
 # %% ../nbs/04_amag.ipynb
 ADAPTOR_WIDTHS = (128, 256, 64)   # hidden widths of the Adaptor MLP (Li et al. 2023, app. B.3)
-_relu_grad = torch.ops.aten.threshold_backward   # grad * [out > 0]: the ReLU derivative from its output
-
-def auto_chunk(B: int, C: int, device: torch.device | str = 'cpu') -> int:
-    "Target channels per Adaptor tile: about 4k pairs on a CPU (cache-sized), about 1M on a GPU (few launches)."
-    rows = (1 << 20) if torch.device(device).type == 'cuda' else 4096
-    return max(1, min(C, rows // max(B * C, 1)))
-
-_POOL: dict = {}   # (device, dtype) -> free buffers for the kept pair activations, reused step after step
-
-def _take(n: int, like: Tensor) -> Tensor:
-    "A 1-D buffer of `n` elements, from the pool when one is large enough: fresh memory costs a page fault per 4 KiB."
-    free = _POOL.get((like.device, like.dtype), [])
-    for i, b in enumerate(free):
-        if b.numel() >= n: return free.pop(i)[:n]
-    return like.new_empty(n)
-
-def _give(buf: Tensor):
-    "Return a buffer from `_take` (its whole storage) to the pool, which keeps the largest two per device and dtype."
-    base = buf if buf._base is None else buf._base
-    free = _POOL.setdefault((base.device, base.dtype), [])
-    free.append(base); free.sort(key=lambda b: b.numel(), reverse=True); del free[2:]
-
-class _Lease:
-    "Holds `_take`n buffers for an autograd context and gives them back when the context is freed (not before: retain_graph)."
-    def __init__(self, bufs: list[Tensor]): self.bufs = bufs
-    def __del__(self):
-        try:
-            for b in self.bufs: _give(b)
-        except Exception: pass   # at interpreter shutdown the module's globals may already be gone
-
-class _PairMLP(torch.autograd.Function):
-    "Gates of every (u, v): σ(w₃·r(W₂ r(W₁ r(P_u + Q_v) + b₁) + b₂) + b₃), r = ReLU; tiled, with a recomputing backward."
-    @staticmethod
-    def _h1(P, Q, v, c, W1, b1, xbuf, hbuf, fresh: bool = True):
-        "A tile's first two activations: x = r(P_u + Q_v) (M, k) and h = r(W₁x + b₁) (M, n1) (or the kept h when not `fresh`)."
-        B, C, k = P.shape; M = B * C * c
-        x = xbuf[:M * k].view(B, C, c, k)
-        torch.add(P.unsqueeze(2), Q[:, None, v:v + c], out=x).relu_()
-        x = x.view(M, k)
-        h = hbuf[:M * W1.shape[0]].view(M, -1)
-        return x, (torch.addmm(b1, x, W1.T, out=h).relu_() if fresh else h)
-
-    @staticmethod
-    def forward(ctx, P, Q, W1, b1, W2, b2, w3, b3, chunk: int, keep: int):
-        with torch.autocast(P.device.type, enabled=False):
-            dt = P.dtype
-            Q, W1, b1, W2, b2, w3, b3 = (t.to(dt) for t in (Q, W1, b1, W2, b2, w3, b3))
-            B, C, k = P.shape; Cv = Q.shape[1]; n1, n2 = W1.shape[0], W2.shape[0]
-            S = P.new_empty(B, C, Cv)
-            xbuf = P.new_empty(B * C * chunk * k)
-            h1s = _take(B * C * Cv * n1, P) if keep >= 2 else P.new_empty(B * C * chunk * n1)   # keep 2: every tile's first hidden layer
-            h2s = _take(B * C * Cv * n2, P) if keep >= 1 else P.new_empty(B * C * chunk * n2)   # keep 1: the last
-            ctx.lease = _Lease([h2s] * (keep >= 1) + [h1s] * (keep >= 2))
-            h2s = h2s.view(-1, n2)
-            for v in range(0, Cv, chunk):
-                c = min(chunk, Cv - v); M = B * C * c; r = B * C * v
-                _, h = _PairMLP._h1(P, Q, v, c, W1, b1, xbuf, h1s[r * n1:] if keep >= 2 else h1s)
-                h2 = h2s[r:r + M] if keep >= 1 else h2s[:M]
-                torch.addmm(b2, h, W2.T, out=h2).relu_()
-                S[:, :, v:v + c] = torch.addmv(b3, h2, w3.view(-1)).view(B, C, c)
-            S.sigmoid_()
-        kept = [h2s] * (keep >= 1) + [h1s] * (keep >= 2)
-        ctx.save_for_backward(P, Q, W1, b1, W2, b2, w3, S, *kept)
-        ctx.chunk, ctx.keep, ctx.dtypes = chunk, keep, [t.dtype for t in (Q, W1, b1, W2, b2, w3, b3)]
-        return S
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, gS):
-        P, Q, W1, b1, W2, b2, w3, S, *kept = ctx.saved_tensors
-        chunk, keep = ctx.chunk, ctx.keep
-        B, C, k = P.shape; Cv = Q.shape[1]; n1, n2 = W1.shape[0], W2.shape[0]
-        acc = dict(dtype=torch.float32 if P.dtype in (torch.float16, torch.bfloat16) else P.dtype, device=P.device)
-        dP, dQ = torch.zeros(B, C, k, **acc), torch.empty(B, Cv, k, **acc)
-        dW1, db1, dW2 = torch.zeros(n1, k, **acc), torch.zeros(n1, **acc), torch.zeros(n2, n1, **acc)
-        db2, dw3 = torch.zeros(n2, **acc), torch.zeros(n2, **acc)
-        ds_all = (gS.to(S.dtype) * S * (1 - S))                       # through the sigmoid
-        db3 = ds_all.sum(dtype=acc['dtype']).view(1)
-        xbuf = P.new_empty(B * C * chunk * k)
-        hbuf = None if keep >= 2 else P.new_empty(B * C * chunk * n1)
-        h2buf = None if keep >= 1 else P.new_empty(B * C * chunk, n2)
-        for v in range(0, Cv, chunk):
-            c = min(chunk, Cv - v); M = B * C * c; r = B * C * v
-            ds = ds_all[:, :, v:v + c].reshape(M)
-            x, h = _PairMLP._h1(P, Q, v, c, W1, b1, xbuf, kept[1][r * n1:] if keep >= 2 else hbuf, fresh=keep < 2)
-            h2 = kept[0][r:r + M] if keep >= 1 else torch.addmm(b2, h, W2.T, out=h2buf[:M]).relu_()
-            dw3 += h2.T @ ds
-            dh2 = _relu_grad(ds[:, None] * w3.view(1, -1), h2, 0)
-            db2 += dh2.sum(0); dW2 += dh2.T @ h
-            dh1 = _relu_grad(dh2 @ W2, h, 0)
-            db1 += dh1.sum(0); dW1 += dh1.T @ x
-            dx = _relu_grad(dh1 @ W1, x, 0).view(B, C, c, k)
-            dP += dx.sum(2); dQ[:, v:v + c] = dx.sum(1)
-        grads = [dP, dQ, dW1, db1, dW2, db2, dw3.view(1, -1), db3]
-        return (*(g.to(P.dtype if i == 0 else ctx.dtypes[i - 1]) for i, g in enumerate(grads)), None, None)
-
-ADAPTOR_KEEP_BYTES = 512 * 2 ** 20   # keep both hidden layers of every pair when they fit in this; else only the last
 
 class Adaptor(nn.Module):
     "Sample-dependent edge gates $S^{(u,v)} = \\sigma(\\mathrm{MLP}([H^{(u)}, H^{(v)}]))$ for every ordered channel pair."
     def __init__(self,
-                 d_in: int,                               # width of one channel's flattened history H (T·d)
+                 d_in: int,                                # width of one channel's flattened history H (T·d)
                  widths: tuple[int, ...] = ADAPTOR_WIDTHS, # hidden widths; the input is 2·d_in, the output 1
                 ):
         super().__init__()
-        if len(widths) != 3: raise ValueError(f"the fused Adaptor has 3 hidden layers (the paper's), found widths {widths}")
+        if len(widths) != 3: raise ValueError(f"the Adaptor has 3 hidden layers (the paper's), found widths {widths}")
         dims = (2 * d_in, *widths, 1)
         self.d_in = d_in
         self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
 
-    def forward(self, H: Tensor,            # channel histories (B, C, d_in)
-                chunk: int = 0,             # target channels per tile; 0: `auto_chunk`
-                checkpoint: bool = False,   # keep no pair activations (recompute all of them in backward)
-               ) -> Tensor:                 # gates S (B, C_source, C_target)
+    def first_layer(self, H: Tensor) -> tuple[Tensor, Tensor]:
+        "The first layer split per node: `P = W₁H + b` (sources) and `Q = W₂H` (targets), each `(B, C, 128)`."
         if H.ndim != 3 or H.shape[-1] != self.d_in:
             raise ValueError(f"Adaptor expects histories (B, C, {self.d_in}), found shape {tuple(H.shape)}")
-        if chunk < 0: raise ValueError(f"adaptor chunk must be >= 0 (0 = automatic), found {chunk}")
         W, b = self.fcs[0].weight, self.fcs[0].bias
-        P = F.linear(H, W[:, :self.d_in], b)        # source half (bias folded in once)
-        Q = F.linear(H, W[:, self.d_in:])           # target half
-        f1, f2, f3 = self.fcs[1:]
-        chunk = chunk or auto_chunk(H.shape[0], H.shape[1], H.device)
-        B, C = H.shape[:2]
-        both = B * C * C * (f1.out_features + f2.out_features) * P.element_size() <= ADAPTOR_KEEP_BYTES
-        keep = 0 if checkpoint or not torch.is_grad_enabled() else (2 if both else 1)   # inference keeps nothing
-        return _PairMLP.apply(P, Q, f1.weight, f1.bias, f2.weight, f2.bias, f3.weight, f3.bias, chunk, keep)
+        return F.linear(H, W[:, :self.d_in], b), F.linear(H, W[:, self.d_in:])
 
-def adaptor_naive(adaptor: Adaptor, H: Tensor,
-                  chunk: int | None = None,   # target channels per tile; None: all at once (memory grows as C²)
-                  checkpoint: bool = False,   # recompute each tile in backward (`torch.utils.checkpoint`)
-                 ) -> Tensor:
-    "The literal Adaptor: its MLP on the explicit concatenation `[H_u, H_v]` of every pair (reference and plain path)."
-    B, C, D = H.shape
-    def tile(H, v0: int, v1: int):
-        c = v1 - v0
-        x = torch.cat([H.unsqueeze(2).expand(B, C, c, D), H[:, None, v0:v1].expand(B, C, c, D)], -1)   # [H_u, H_v] at (u, v)
-        for fc in adaptor.fcs[:-1]: x = torch.relu(fc(x))
-        return torch.sigmoid(adaptor.fcs[-1](x)).squeeze(-1)
-    chunk = chunk or C
-    recompute = checkpoint and torch.is_grad_enabled()
-    return torch.cat([_checkpoint(tile, H, v, min(v + chunk, C), use_reentrant=False) if recompute else tile(H, v, min(v + chunk, C))
-                      for v in range(0, C, chunk)], 2)
+    def forward(self, H: Tensor,     # channel histories (B, C, d_in)
+               ) -> Tensor:          # gates S (B, C_source, C_target)
+        P, Q = self.first_layer(H)
+        x = torch.relu(P[:, :, None] + Q[:, None])                  # (B, u, v, 128): layer 1 of every pair
+        for fc in self.fcs[1:-1]: x = torch.relu(fc(x))
+        return torch.sigmoid(self.fcs[-1](x)).squeeze(-1)
 
 # %% ../nbs/04_amag.ipynb
 class SpatialInteraction(nn.Module):
@@ -403,20 +168,18 @@ class SpatialInteraction(nn.Module):
                  d: int = 64,                      # hidden width
                  adaptor: bool = True,             # gate Add's edges per sample
                  modulator: bool = True,           # multiplicative messages
-                 adj_init: Tensor | None = None,   # (C, C) initial A_a and A_m (e.g. `correlation_adjacency`); None: N(0, 1/C)
-                 chunk: int = 0,                   # Adaptor tile: target channels per tile (0: automatic)
-                 checkpoint: bool = False,         # keep no Adaptor pair activations (recompute in backward)
+                 adj_init: Tensor | None = None,   # (C, C) initial A_a and A_m (`correlation_adjacency`); None: N(0, 1/C)
                  n_steps: int = T_TOTAL,           # T, bins in a trial (the Adaptor sees all of them)
-                 naive: bool = False,              # the literal, checkpointed Adaptor (`adaptor_naive`): the plain path
                 ):
         super().__init__()
         C = n_channels
         if adj_init is not None:
             adj_init = torch.as_tensor(adj_init, dtype=torch.float32)
-            if tuple(adj_init.shape) != (C, C): raise ValueError(f"adj_init must have shape ({C}, {C}), found {tuple(adj_init.shape)}")
+            if tuple(adj_init.shape) != (C, C):
+                raise ValueError(f"adj_init must have shape ({C}, {C}), found {tuple(adj_init.shape)}")
             if not torch.isfinite(adj_init).all(): raise ValueError("adj_init holds non-finite values")
         init = lambda: adj_init.clone() if adj_init is not None else torch.randn(C, C) / math.sqrt(C)
-        self.n_channels, self.chunk, self.checkpoint, self.naive = C, chunk, checkpoint, naive
+        self.n_channels = C
         self.A_a = nn.Parameter(init())
         self.fc_a = nn.Linear(d, d)
         self.adaptor = Adaptor(n_steps * d) if adaptor else None
@@ -427,38 +190,26 @@ class SpatialInteraction(nn.Module):
     def forward(self, h: Tensor) -> Tensor:
         B, C, T, d = h.shape
         hf = h.reshape(B, C, T * d)                                   # H^(u): a channel's whole history
-        if self.adaptor is None: a = self.A_a.T.expand(B, C, C) @ hf  # a batched product: 2x faster than a folded one on CPU
-        else:
-            S = (adaptor_naive(self.adaptor, hf, self.chunk or 4, True) if self.naive
-                 else self.adaptor(hf, self.chunk, self.checkpoint))  # (B, u, v)
-            a = (S * self.A_a).transpose(1, 2) @ hf                 # a_v = sum_u S(u,v) A_a(u,v) H_u
-        # β₂FC_a(a) = a(β₂W_a)ᵀ + β₂b_a: the gates scale the tiny weights, and products accumulate in place (addmm),
-        # not in extra passes over the (B, C, T, d) states
-        # (under autocast, addmm would round the residual sum to bf16: there the products are added instead)
-        bias = self.beta[1] * self.fc_a.bias + (self.beta[2] * self.fc_m.bias if self.A_m is not None else 0)
-        acc = (lambda z, x, w: z + x @ w) if _amp(h.device.type)[0] else torch.addmm
-        z = torch.addcmul(bias, self.beta[0], h).view(-1, d)
-        z = acc(z, a.reshape(-1, d), (self.beta[1] * self.fc_a.weight).T)
-        if self.A_m is not None:
-            m = (self.A_m.T.expand(B, C, C) @ hf).view(-1, d) * h.reshape(-1, d)   # m_v = h_v * sum_u A_m(u,v) h_u
-            z = acc(z, m, (self.beta[2] * self.fc_m.weight).T)
-        return z.view(B, C, T, d)
+        A = self.A_a if self.adaptor is None else self.adaptor(hf) * self.A_a   # (B,) u, v
+        a = (A.transpose(-2, -1) @ hf).view(B, C, T, d)               # a_v = sum_u S(u,v) A_a(u,v) h_u
+        z = self.beta[0] * h + self.beta[1] * self.fc_a(a)
+        if self.A_m is None: return z
+        m = h * (self.A_m.T @ hf).view(B, C, T, d)                    # m_v = h_v * sum_u A_m(u,v) h_u
+        return z + self.beta[2] * self.fc_m(m)
 
 # %% ../nbs/04_amag.ipynb
 class ChannelAttention(nn.Module):
     "Pre-norm multi-head self-attention across channels at each bin, residual; `(B, C, T, d) -> (B, C, T, d)`."
     def __init__(self, d: int, heads: int = 4, dropout: float = 0.0):
         super().__init__()
-        _check_heads(d, heads, 'channel attention')
-        self.norm, self.attn, self.drop = nn.LayerNorm(d), SelfAttention(d, heads, dropout), Dropout(dropout)
-        self.tile, self.keep = 0, 0                                   # bins per recomputed tile, bytes kept (set by AMAG)
-
-    def _block(self, x: Tensor) -> Tensor: return x + self.drop(self.attn(self.norm(x)))
+        check_heads(d, heads, 'channel attention')
+        self.norm, self.attn, self.drop = nn.LayerNorm(d), SelfAttention(d, heads, dropout), nn.Dropout(dropout)
 
     def forward(self, z: Tensor) -> Tensor:
         B, C, T, d = z.shape
         x = z.transpose(1, 2).reshape(B * T, C, d)                   # tokens = channels
-        return _tiled(self._block, x, self.tile, self.parameters(), self.keep).view(B, T, C, d).transpose(1, 2)
+        x = x + self.drop(self.attn(self.norm(x)))
+        return x.view(B, T, C, d).transpose(1, 2)
 
 # %% ../nbs/04_amag.ipynb
 class TemporalReadout(nn.Module):
@@ -470,11 +221,11 @@ class TemporalReadout(nn.Module):
         self.encoder = Encoder(d, heads, layers, d_ff, dropout)
         self.head = nn.Linear(d, 1)
 
-    def forward(self, z: Tensor, start: int = 0) -> Tensor:   # bins >= start only: (B, T - start, C)
+    def forward(self, z: Tensor, start: int = 0) -> Tensor:
         B, C, T, d = z.shape
         if not 0 <= start < T: raise ValueError(f"start must be in [0, {T}), found {start}")
-        run = lambda t: self.head(self.encoder._run(t + self.pe[:T], start))    # positions, blocks, head: all in the tiles
-        return _tiled(run, z.reshape(B * C, T, d), self.encoder.tile, self.parameters(), self.encoder.keep).view(B, C, T - start).transpose(1, 2)
+        y = self.head(self.encoder(z.reshape(B * C, T, d) + self.pe[:T]))     # (B·C, T, 1)
+        return y.view(B, C, T)[:, :, start:].transpose(1, 2)
 
 # %% ../nbs/04_amag.ipynb
 class SessionEmbedding(nn.Module):
@@ -496,8 +247,19 @@ class SessionEmbedding(nn.Module):
         return torch.where(known[:, None], W[session.clamp(0, self.n - 1)], mean)
 
 # %% ../nbs/04_amag.ipynb
+def check_session(session, batch: int, device) -> Tensor | None:
+    "Session ids as a `(batch,)` integer tensor on `device` (a scalar applies to the batch), or None."
+    if session is None: return None
+    session = torch.as_tensor(session, device=device)
+    if session.ndim == 0: session = session.expand(batch)
+    if session.is_floating_point() or session.is_complex() or session.dtype == torch.bool:
+        raise TypeError(f"session ids must be integers, found dtype {session.dtype}")
+    if tuple(session.shape) != (batch,): raise ValueError(f"session must have shape ({batch},), found {tuple(session.shape)}")
+    return session
+
+# %% ../nbs/04_amag.ipynb
 class AMAG(nn.Module):
-    "AMAG forecaster: `(B, 20, C, F)` trials to `(B, 20, C)` LMP (bins 0-9: the input context; 10-19: the forecast); extensions switch on by flag."
+    "AMAG: `(B, 20, C, F)` trials to `(B, 20, C)` LMP (bins 0-9: the input context; 10-19: the forecast)."
     def __init__(self,
                  n_channels: int,                      # C, electrodes (239 affi, 89 beignet)
                  n_features: int = N_FEATURES,         # F, LMP + band powers
@@ -514,60 +276,37 @@ class AMAG(nn.Module):
                  channel_heads: int = 4,               # heads of the channel attention
                  session_embedding: bool = False,      # learnable per-session vector added after TE
                  revin: bool = False,                  # context-only reversible instance normalisation
-                 adj_init: Tensor | None = None,       # (C, C) initial adjacency, e.g. `correlation_adjacency(train_lmp)`
-                 adaptor_chunk: int = 0,               # Adaptor tile size (target channels; 0: automatic)
-                 checkpoint: bool = False,             # keep no Adaptor pair activations (recompute in backward)
-                 adaptor_impl: str = 'fused',          # 'fused' (`_PairMLP`) or 'naive' (literal, checkpointed: the plain path)
-                 encoder_tile: int | None = 0,         # TE/TR sequences per recomputed tile (0: all at once; None: 256 on a CPU, 0 elsewhere)
-                 encoder_keep_mb: int = 0,             # per TE/TR/channel attention: MB of tile activations kept, not recomputed
+                 adj_init: Tensor | None = None,       # (C, C) initial adjacency, e.g. `correlation_adjacency`
                 ):
         super().__init__()
         if n_channels < 1: raise ValueError(f"n_channels must be positive, found {n_channels}")
-        if adaptor_chunk < 0: raise ValueError(f"adaptor_chunk must be >= 0 (0 = automatic), found {adaptor_chunk}")
-        if adaptor_impl not in ('fused', 'naive'): raise ValueError(f"Unknown adaptor_impl {adaptor_impl!r}; expected 'fused' or 'naive'")
-        _check_heads(hidden, heads)
-        if channel_attention: _check_heads(hidden, channel_heads, 'channel attention')
+        check_heads(hidden, heads)
+        if channel_attention: check_heads(hidden, channel_heads, 'channel attention')
         self.n_channels, self.n_features, self.hidden = n_channels, n_features, hidden
         self.revin = RevIN(n_features) if revin else None
         self.te = TemporalEncoder(n_features, hidden, heads, layers, d_ff, dropout, feature_pathways)
         self.session = SessionEmbedding(n_sessions, hidden) if session_embedding else None
-        self.si = SpatialInteraction(n_channels, hidden, adaptor, modulator, adj_init, adaptor_chunk, checkpoint,
-                                     naive=adaptor_impl == 'naive')
+        self.si = SpatialInteraction(n_channels, hidden, adaptor, modulator, adj_init)
         self.ca = ChannelAttention(hidden, channel_heads, dropout) if channel_attention else None
         self.tr = TemporalReadout(hidden, heads, layers, d_ff, dropout)
-        if encoder_tile is not None and encoder_tile < 0: raise ValueError(f"encoder_tile must be >= 0 (0 = no tiling), found {encoder_tile}")
-        if encoder_keep_mb < 0: raise ValueError(f"encoder_keep_mb must be >= 0, found {encoder_keep_mb}")
-        self.encoder_tile = encoder_tile
-        self._tiles(encoder_tile or 0)
-        for m in (self.te.encoder, self.tr.encoder, self.ca):
-            if m is not None: m.keep = encoder_keep_mb << 20
 
-    def _tiles(self, tile: int):
-        self.te.encoder.tile = self.tr.encoder.tile = tile
-        if self.ca is not None: self.ca.tile = max(1, tile * T_TOTAL // self.n_channels) if tile else 0   # a similar token count
-
-    def _check(self, x, session):
+    def _check(self, x):
         if not isinstance(x, Tensor): raise TypeError(f"AMAG expects a torch.Tensor, found {type(x).__name__}")
-        if x.ndim != 4: raise ValueError(f"AMAG expects x of rank 4 (B, {T_TOTAL}, C, F), found rank {x.ndim} with shape {tuple(x.shape)}")
+        if x.ndim != 4:
+            raise ValueError(f"AMAG expects x of rank 4 (B, {T_TOTAL}, C, F), found rank {x.ndim} with shape {tuple(x.shape)}")
         B, T, C, Fe = x.shape
-        if T != T_TOTAL: raise ValueError(f"AMAG expects {T_TOTAL} time bins on axis 1, found {T} (shape {tuple(x.shape)})")
-        if C != self.n_channels: raise ValueError(f"AMAG expects {self.n_channels} channels on axis 2, found {C} (shape {tuple(x.shape)})")
-        if Fe != self.n_features: raise ValueError(f"AMAG expects {self.n_features} features on axis 3, found {Fe} (shape {tuple(x.shape)})")
+        for axis, want, found, what in ((1, T_TOTAL, T, 'time bins'), (2, self.n_channels, C, 'channels'),
+                                        (3, self.n_features, Fe, 'features')):
+            if found != want:
+                raise ValueError(f"AMAG expects {want} {what} on axis {axis}, found {found} (shape {tuple(x.shape)})")
         if not x.is_floating_point(): raise TypeError(f"AMAG expects a floating-point input, found dtype {x.dtype}")
-        if session is None: return None
-        session = torch.as_tensor(session, device=x.device)
-        if session.ndim == 0: session = session.expand(B)
-        if session.is_floating_point() or session.is_complex() or session.dtype == torch.bool:
-            raise TypeError(f"session ids must be integers, found dtype {session.dtype}")
-        if tuple(session.shape) != (B,): raise ValueError(f"session must have shape ({B},), found {tuple(session.shape)}")
-        return session
 
     def forward(self, x: Tensor,                    # (B, 20, C, F); bins 10-19 are ignored (masked here)
                 session: Tensor | None = None,      # (B,) session ids; None or unknown ids: mean embedding
                 return_hidden: bool = False,        # also return TE states (B, 20, C, hidden)
                ) -> Tensor | tuple[Tensor, Tensor]:
-        session = self._check(x, session)
-        if self.encoder_tile is None: self._tiles(256 if x.device.type == 'cpu' else 0)   # tiles pay off on a CPU's caches
+        self._check(x)
+        session = check_session(session, len(x), x.device)
         x = mask_future(x)                           # defence in depth: the future can never reach the output
         ctx = x[:, :T_CONTEXT, :, 0]
         if self.revin is not None: x, stats = self.revin.normalize(x)
@@ -575,7 +314,7 @@ class AMAG(nn.Module):
         z = h if self.session is None else h + self.session(session, x.shape[0])[:, None, None]
         z = self.si(z)
         if self.ca is not None: z = self.ca(z)
-        y = self.tr(z, T_CONTEXT)                    # the forecast (B, 10, C): TR computes bins 10-19 only
+        y = self.tr(z, T_CONTEXT)                    # the forecast (B, 10, C)
         if self.revin is not None: y = self.revin.denormalize(y, stats)
         y = torch.cat([ctx.to(y.dtype), y], 1)       # bins 0-9: the context itself
         return (y, h.transpose(1, 2)) if return_hidden else y

@@ -19,6 +19,7 @@ from .core import get_device, resolve_path, seed_everything
 from .config import phase_config, RunConfig
 from .data import Batch, DeviceBatcher, MonkeyData, SessionRouter, Stats, load_monkey, mask_future, normalize
 from .synthetic import ensure_synthetic
+from .fast import accelerate
 from .train import Forecaster, TrainStep, augment, augments, build_model, loss_weight, make_optimizer, score_sessions
 
 # %% auto 0
@@ -107,11 +108,10 @@ def bench_data(cfg: RunConfig) -> MonkeyData:
     return d
 
 def build_pair(cfg: RunConfig, data: MonkeyData, device, seed: int = 0) -> tuple[nn.Module, nn.Module]:
-    "The optimized model and its plain twin (literal, checkpointed Adaptor) with identical weights, on `device`."
+    "The optimized model and its plain twin (the faithful model) with identical weights, on `device`."
     seed_everything(seed)
     fast = build_model(cfg, data.n_channels, len(data.keys), 9, data)
-    plain = build_model(cfg, data.n_channels, len(data.keys), 9)
-    if hasattr(plain, 'si'): plain.si.naive = True
+    plain = build_model(cfg, data.n_channels, len(data.keys), 9, fast=False)
     plain.load_state_dict(fast.state_dict())
     return fast.to(device), plain.to(device)
 
@@ -122,7 +122,8 @@ def _rel(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 def guard(cfg: RunConfig, data: MonkeyData, device='cpu', tol: float = 1e-9, dtype=torch.float64, batch: int = 4) -> dict:
     "Optimized vs plain path on one batch of `batch` trials: relative max differences of forecasts, gradients and stepped parameters."
     dev = get_device(device)
-    cfg = cfg.replace(jitter=0.0, scale_aug=0.0, channel_dropout=0.0, phase_aug=0.0, mixup_alpha=0.0, amp=False, batch_size=batch)
+    cfg = cfg.replace(jitter=0.0, scale_aug=0.0, channel_dropout=0.0, phase_aug=0.0, mixup_alpha=0.0, dropout=0.0,
+                      amp=False, batch_size=batch)
     fast, plain = (m.to(dtype) for m in build_pair(cfg, data, dev))
     b = next(iter(DeviceBatcher(data.train, cfg.batch, dev, seed=0, stats=data.stats)))
     hb = next(iter(HostBatcher(data.train, cfg.batch, dev, seed=0, stats=data.stats)))
@@ -214,8 +215,7 @@ class StackedStep:
         if not stackable(cfg, device): raise ValueError(f"{cfg.phase}: a model with the fused Adaptor or dropout cannot be vmapped over seeds; train seeds one by one")
         self.cfg, self.dev, self.k = cfg, torch.device(device), len(models)
         self.base = copy.deepcopy(models[0]).to('meta')
-        self.base.encoder_tile = 0                    # recomputed tiles cannot run under vmap; the math is the same
-        self.base._tiles(0)
+        accelerate(self.base, **{**cfg.speed_kwargs(), 'encoder_tile': 0})   # tiles cannot run under vmap
         params, self.buffers = torch.func.stack_module_state(models)
         self.names = list(params)
         self.params = [params[n] for n in self.names]

@@ -36,10 +36,6 @@ class RunConfig(Config):
     channel_heads: int = 4
     session_embedding: bool = False
     revin: bool = False
-    adaptor_chunk: int = 0              # target channels per Adaptor tile, 0 = automatic (memory/speed only, not the science)
-    checkpoint: bool = False            # recompute Adaptor tiles in backward (memory only)
-    encoder_tile: int | None = None     # TE/TR sequences per recomputed tile; 0 = all at once; None = 256 on a CPU, 0 on a GPU (memory/speed only)
-    encoder_keep_mb: int = 0            # per encoder: MB of tile activations kept instead of recomputed (memory/speed only)
     # --- optimisation
     batch_size: int | None = None       # None: 16 for affi, 32 for beignet
     optimizer: Literal['adam', 'adamw'] = 'adam'
@@ -77,7 +73,11 @@ class RunConfig(Config):
     cross_val_frac: float = 0.2
     split_seed: int = 0                 # the split never depends on the run's seed
     train_limit: int | None = None      # use at most this many training trials per day (quick runs); None = all
-    # --- engine
+    # --- engine: memory and speed only (`neurofc.fast.accelerate`); no setting below changes a result
+    adaptor_chunk: int = 0              # target channels per Adaptor tile, 0 = automatic
+    checkpoint: bool = False            # keep no Adaptor pair activations (recompute them in backward)
+    encoder_tile: int | None = None     # TE/TR sequences per recomputed tile; 0 = all at once; None = 256 on a CPU
+    encoder_keep_mb: int = 0            # per encoder: MB of tile activations kept instead of recomputed
     amp: bool = True                    # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False
     cooldown_s: float = 0.0             # pause between batches (laptop thermals); 0 = off
@@ -114,10 +114,14 @@ class RunConfig(Config):
         return self.batch_size or {'affi': 16, 'beignet': 32}.get(self.monkey, 32)
 
     def model_kwargs(self) -> dict:
-        "Keyword arguments of `neurofc.amag.AMAG` (besides channel and session counts)."
+        "Keyword arguments of `neurofc.amag.AMAG` (besides channel and session counts): the science."
         names = ('hidden', 'heads', 'layers', 'd_ff', 'dropout', 'adaptor', 'modulator', 'feature_pathways',
-                 'channel_attention', 'channel_heads', 'session_embedding', 'revin', 'adaptor_chunk', 'checkpoint', 'encoder_tile', 'encoder_keep_mb')
+                 'channel_attention', 'channel_heads', 'session_embedding', 'revin')
         return {k: getattr(self, k) for k in names}
+
+    def speed_kwargs(self) -> dict:
+        "Keyword arguments of `neurofc.fast.accelerate`: memory and speed only."
+        return {k: getattr(self, k) for k in ('adaptor_chunk', 'checkpoint', 'encoder_tile', 'encoder_keep_mb')}
 
 _COMPETE = dict(hidden=128, heads=4, layers=2, d_ff=512, dropout=0.1, optimizer='adamw', weight_decay=1e-4,
                 scheduler='cosine', t0=60, warmup=10, epochs=300, patience=40, val_every=5, adaptor=False,

@@ -16,7 +16,7 @@ from .core import resolve_path
 from .data import (Stats, SessionRouter, get_monkey, mask_future, find_sessions, session_path, load_npz,
                           T_CONTEXT, T_TOTAL)
 from .train import Forecaster, load_run
-from .amag import AMAG
+from .amag import AMAG, ADAPTOR_WIDTHS
 from .baselines import Persistence, RidgeAR, GRUBaseline
 from .evaluate import resolve_runs
 from .runs import file_digest
@@ -46,12 +46,17 @@ def repair_nonfinite(x: np.ndarray, fill: np.ndarray) -> tuple[np.ndarray, np.nd
     out = x.copy(); out[trials] = y
     return out, trials
 
+def _batch_for(run: dict, n_channels: int, budget: int = 1 << 28) -> int:
+    "Trials per batch: 64, or for AMAG's Adaptor as many as keep its pair layers' activations within `budget` bytes."
+    if run['model'] != 'AMAG' or not run['kwargs'].get('adaptor', True): return 64
+    return max(1, min(64, budget // (n_channels ** 2 * sum(ADAPTOR_WIDTHS) * 4)))
+
 class Model:
     "The challenge's interface to an exported neurofc submission: `Model(monkey_name)`, `.load()`, `.predict(x)`."
     def __init__(self, monkey_name: str = 'beignet', # 'affi' or 'beignet', as the ingestion passes it
                  root: str | None = None,            # folder holding the manifest; default: the folder of this file
                  device: str | None = None,          # default: 'cuda' when available, else 'cpu'
-                 batch_size: int = 64):              # trials per device batch
+                 batch_size: int | None = None):     # trials per device batch; None: 64, fewer with the Adaptor
         self.monkey_name, self.batch_size = monkey_name, batch_size
         self.root = str(root) if root is not None else os.path.dirname(os.path.abspath(__file__))
         self.device = torch.device(device if device else ('cuda' if torch.cuda.is_available() else 'cpu'))
@@ -79,7 +84,8 @@ class Model:
                 m = MODEL_CLASSES[run['model']](**run['kwargs'])
                 m.load_state_dict(self._weights(os.path.join(self.root, member), digest))
                 models.append(m)
-            self.forecasters.append(Forecaster(models, stats, router, self.device, self.batch_size, run['use_session'], run['norm']))
+            bs = self.batch_size or _batch_for(run, self.n_channels)
+            self.forecasters.append(Forecaster(models, stats, router, self.device, bs, run['use_session'], run['norm']))
         return self
 
     @staticmethod

@@ -202,22 +202,28 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, fingerprint: di
 
 
 # %% ../nbs/07_train.ipynb
-def _build_amag(cfg: RunConfig, n_channels: int, n_sessions: int, n_features: int, data: MonkeyData | None) -> nn.Module:
+def _build_amag(cfg: RunConfig, n_channels: int, n_sessions: int, n_features: int, data: MonkeyData | None,
+                fast: bool = True) -> nn.Module:
     from neurofc.amag import AMAG, correlation_adjacency
+    from neurofc.fast import accelerate
     adj = None
     if data is not None:
         main = data.keys[0]
         adj = correlation_adjacency(normalize(data.train[main], data.stats[main])[..., 0])
-    return AMAG(n_channels, n_features=n_features, n_sessions=n_sessions, adj_init=adj, **cfg.model_kwargs())
+    m = AMAG(n_channels, n_features=n_features, n_sessions=n_sessions, adj_init=adj, **cfg.model_kwargs())
+    return accelerate(m, **cfg.speed_kwargs()) if fast else m
 
 MODEL_BUILDERS = {'amag': _build_amag}
 
-def build_model(cfg: RunConfig, n_channels: int, n_sessions: int, n_features: int = 9, data: MonkeyData | None = None) -> nn.Module:
+def build_model(cfg: RunConfig, n_channels: int, n_sessions: int, n_features: int = 9, data: MonkeyData | None = None,
+                fast: bool = True, # AMAG: the speed layer's exact form (`neurofc.fast`); False: the faithful model
+               ) -> nn.Module:
     "The model `cfg.model`; `data` (training trials) initialises data-dependent parameters, omitted when weights are loaded."
     if cfg.model not in MODEL_BUILDERS: import neurofc.baselines   # registers the baselines' builders
     if cfg.model not in MODEL_BUILDERS:
         raise ValueError(f"No builder for model {cfg.model!r}; import neurofc.baselines for baselines. Known: {sorted(MODEL_BUILDERS)}")
-    return MODEL_BUILDERS[cfg.model](cfg, n_channels, n_sessions, n_features, data)
+    build = MODEL_BUILDERS[cfg.model]
+    return build(cfg, n_channels, n_sessions, n_features, data, fast) if cfg.model == 'amag' else build(cfg, n_channels, n_sessions, n_features, data)
 
 # %% ../nbs/07_train.ipynb
 def _fast_opt(dev: torch.device) -> dict:

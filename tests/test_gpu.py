@@ -1,5 +1,5 @@
 """CUDA-only paths of data, training and the submission, each against the CPU; skipped without a GPU.
-(The CUDA paths of `neurofc.amag` and `neurofc.bench`: the `#| gpu` cells of nbs/04_amag and nbs/12_bench.)"""
+(The CUDA paths of `neurofc.fast` and `neurofc.bench`: the `#| gpu` cells of nbs/04a_fast and nbs/12_bench.)"""
 import contextlib, io, sys, time, types
 
 import numpy as np
