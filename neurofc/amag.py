@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 
-from .data import mask_future, T_CONTEXT, T_TOTAL, N_FEATURES
+from .core import mask_future, T_CONTEXT, T_TOTAL, N_FEATURES
 from .revin import RevIN
 
 # %% auto 0

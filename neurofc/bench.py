@@ -17,10 +17,11 @@ from torch.utils.flop_counter import flop_registry
 import neurofc
 from .core import get_device, resolve_path, seed_everything
 from .config import phase_config, RunConfig
-from .data import Batch, DeviceBatcher, MonkeyData, SessionRouter, Stats, load_monkey, mask_future, normalize
+from .data import Batch, DeviceBatcher, MonkeyData, Stats, load_monkey, mask_future, normalize
+from .infer import Forecaster, SessionRouter
 from .synthetic import ensure_synthetic
 from .fast import accelerate
-from .train import Forecaster, TrainStep, augment, augments, build_model, loss_weight, make_optimizer, score_sessions
+from .train import TrainStep, augment, augments, build_model, loss_weight, make_optimizer, score_sessions
 
 # %% auto 0
 __all__ = ['REFERENCE', 'TARGETS', 'CONFIGS', 'RSS_LIMIT_GB', 'FLOP_TARGET', 'cpu_model', 'machine_info', 'matmul_rate',

@@ -9,13 +9,13 @@ from typing import Literal
 
 from .core import Config
 from .data import get_monkey
+from .models import MODELS
 
 # %% auto 0
-__all__ = ['PHASES', 'MODELS', 'PHASE_DEFAULTS', 'MODEL_DEFAULTS', 'QUICK', 'RunConfig', 'phase_config']
+__all__ = ['PHASES', 'PHASE_DEFAULTS', 'MODEL_DEFAULTS', 'QUICK', 'RunConfig', 'phase_config']
 
 # %% ../nbs/05_config.ipynb
 PHASES = ('paper', 'compete', 'reference')
-MODELS = ('amag', 'gru', 'ridge', 'persistence')
 
 @dataclasses.dataclass
 class RunConfig(Config):
@@ -114,10 +114,8 @@ class RunConfig(Config):
         return self.batch_size or {'affi': 16, 'beignet': 32}.get(self.monkey, 32)
 
     def model_kwargs(self) -> dict:
-        "Keyword arguments of `neurofc.amag.AMAG` (besides channel and session counts): the science."
-        names = ('hidden', 'heads', 'layers', 'd_ff', 'dropout', 'adaptor', 'modulator', 'feature_pathways',
-                 'channel_attention', 'channel_heads', 'session_embedding', 'revin')
-        return {k: getattr(self, k) for k in names}
+        "Constructor arguments of `cfg.model` from this configuration (`neurofc.models.MODELS`; no data sizes): the science."
+        return {a: getattr(self, f) for a, f in MODELS[self.model].args.items()}
 
     def speed_kwargs(self) -> dict:
         "Keyword arguments of `neurofc.fast.accelerate`: memory and speed only."

@@ -11,28 +11,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .core import resolve_path
+from .core import (resolve_path, T_CONTEXT, T_TOTAL, N_FEATURES, mask_future, check_array, Stats,
+                          compute_stats, normalize, denormalize_lmp)
 
 # %% auto 0
-__all__ = ['T_CONTEXT', 'T_TOTAL', 'N_FEATURES', 'MONKEYS', 'mask_future', 'challenge_mse', 'Session', 'Monkey',
-           'register_monkey', 'get_monkey', 'add_session', 'load_registry', 'check_array', 'load_npz', 'masked_trials',
-           'file_record', 'array_digest', 'save_npz', 'find_sessions', 'session_path', 'load_session', 'load_split',
-           'has_real_data', 'Stats', 'compute_stats', 'normalize', 'denormalize_lmp', 'split_indices', 'make_splits',
-           'MonkeyData', 'load_monkey', 'Batch', 'DeviceBatcher', 'binom_tail', 'SessionRouter']
-
-# %% ../nbs/01_data.ipynb
-T_CONTEXT, T_TOTAL = 10, 20   # bins 0-9 are context, 10-19 are forecast
-N_FEATURES = 9                 # LMP + 8 band powers
-
-def mask_future(x, context: int = T_CONTEXT):
-    "Copy of `x` (NumPy or torch, time on axis 1) whose bins `context:` repeat bin `context-1`, as in the challenge's masked files."
-    if x.ndim < 2 or x.shape[1] <= context: raise ValueError(f"mask_future expects time on axis 1 with more than {context} bins, found shape {tuple(x.shape)}")
-    if isinstance(x, torch.Tensor):
-        last = x[:, context - 1:context]
-        return torch.cat([x[:, :context], last.expand(-1, x.shape[1] - context, *x.shape[2:])], 1)
-    y = np.array(x, copy=True)
-    y[:, context:] = y[:, context - 1:context]
-    return y
+__all__ = ['MONKEYS', 'challenge_mse', 'Session', 'Monkey', 'register_monkey', 'get_monkey', 'add_session', 'load_registry',
+           'load_npz', 'masked_trials', 'file_record', 'array_digest', 'save_npz', 'find_sessions', 'session_path',
+           'load_session', 'load_split', 'has_real_data', 'split_indices', 'make_splits', 'MonkeyData', 'load_monkey',
+           'Batch', 'DeviceBatcher']
 
 # %% ../nbs/01_data.ipynb
 def challenge_mse(pred: np.ndarray, # forecast (N, 20, C), raw units
@@ -123,29 +109,6 @@ register_monkey('beignet', 89, [
     dict(key='beignet_2022-06-02_private', name='beignet_private_2', n_train=76, n_test=76)])
 
 # %% ../nbs/01_data.ipynb
-def check_array(x, n_channels: int | None = None, source: str = 'array', n_features: int | None = N_FEATURES,
-                n_steps: int = T_TOTAL, min_trials: int = 0) -> np.ndarray:
-    "Validate a trials array `(N, 20, C, 9)` (at least `min_trials` of them) and return it as float32."
-    if not isinstance(x, np.ndarray): x = np.asarray(x)
-    if x.dtype.kind not in 'fiu': raise TypeError(f"{source}: expected a numeric array, found dtype {x.dtype}")
-    want = 4 if n_features else 3
-    shape_txt = '(N, 20, C, 9)' if n_features else '(N, 20, C)'
-    if x.ndim != want: raise ValueError(f"{source}: expected {want} dimensions {shape_txt}, found {x.ndim} with shape {x.shape}")
-    if x.shape[1] != n_steps: raise ValueError(f"{source}: expected {n_steps} time bins on axis 1, found {x.shape[1]} (shape {x.shape})")
-    if n_features and x.shape[3] != n_features: raise ValueError(f"{source}: expected {n_features} features on axis 3, found {x.shape[3]} (shape {x.shape})")
-    if n_channels is not None and x.shape[2] != n_channels:
-        raise ValueError(f"{source}: expected {n_channels} channels on axis 2, found {x.shape[2]} (shape {x.shape})")
-    if x.shape[0] < min_trials:
-        raise ValueError(f"{source}: expected at least {min_trials} trial(s) on axis 0, found {x.shape[0]} (shape {x.shape})")
-    bad = ~np.isfinite(x) if x.dtype.kind == 'f' else None
-    if bad is not None and bad.any():
-        idx = np.argwhere(bad)
-        n_nan, n_inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
-        trials = np.unique(idx[:, 0])
-        raise ValueError(f"{source}: {bad.sum()} non-finite values ({n_nan} NaN, {n_inf} inf) in {len(trials)} trial(s) "
-                         f"{trials[:10].tolist()}{' ...' if len(trials) > 10 else ''}; first at index {tuple(idx[0].tolist())}")
-    return x.astype(np.float32, copy=False)
-
 _NPZ = "a NumPy .npz archive (np.savez) holding the array 'arr_0'"
 
 def _what(path: Path) -> str:
@@ -241,40 +204,6 @@ def load_split(data_dir: str | Path, monkey: str, split: str = 'train') -> dict[
 def has_real_data(data_dir: str | Path, monkey: str) -> bool:
     "True when the main-day training file of `monkey` lies in `data_dir` (not in its `synthetic/` folder)."
     return _find(resolve_path(data_dir), 'train', get_monkey(monkey).main.train_file) is not None
-
-# %% ../nbs/01_data.ipynb
-@dataclasses.dataclass
-class Stats:
-    "Per-channel, per-feature mean and std of one session's training trials."
-    mean: np.ndarray   # (C, F)
-    std: np.ndarray    # (C, F), zero variance replaced by 1
-
-    def to_dict(self) -> dict: return {'mean': self.mean.tolist(), 'std': self.std.tolist()}
-    @classmethod
-    def from_dict(cls, d: dict) -> Stats: return cls(np.asarray(d['mean'], np.float32), np.asarray(d['std'], np.float32))
-
-def compute_stats(x: np.ndarray, chunk: int = 64) -> Stats:
-    "Mean and std over trials and time of `x` (N, 20, C, F), two passes in float64 over `chunk` trials at a time, stored as float32."
-    x = np.asarray(x)
-    n = x.shape[0] * x.shape[1]
-    if n == 0: return Stats(np.full(x.shape[2:], np.nan, np.float32), np.ones(x.shape[2:], np.float32))   # nothing to normalise by
-    blocks = lambda: (x[i:i + chunk].astype(np.float64) for i in range(0, len(x), chunk))   # never a float64 copy of all of x
-    mean = sum(b.sum((0, 1)) for b in blocks()) / n
-    std = np.sqrt(sum(((b - mean) ** 2).sum((0, 1)) for b in blocks()) / n)
-    std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1.0), std, 1.0)
-    return Stats(mean.astype(np.float32), std.astype(np.float32))
-
-def _like(a, x):
-    return torch.as_tensor(a, dtype=x.dtype, device=x.device) if isinstance(x, torch.Tensor) else a
-
-
-def normalize(x, stats: Stats, scale: float = 4.0):
-    "$(x - \\mu) / (4\\sigma)$ for `x` (..., C, F), NumPy or torch."
-    return (x - _like(stats.mean, x)) / (scale * _like(stats.std, x))
-
-def denormalize_lmp(y, stats: Stats, scale: float = 4.0):
-    "Inverse of `normalize` on LMP (feature 0) predictions `y` (..., C)."
-    return y * (scale * _like(stats.std[..., 0], y)) + _like(stats.mean[..., 0], y)
 
 # %% ../nbs/01_data.ipynb
 def split_indices(n: int, frac: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -386,86 +315,3 @@ class DeviceBatcher:
 
     def state_dict(self) -> dict: return {'gen': self.gen.get_state()}
     def load_state_dict(self, d: dict): self.gen.set_state(d['gen'].cpu())   # a checkpoint loaded onto a GPU holds it there
-
-# %% ../nbs/01_data.ipynb
-def binom_tail(k: int, n: int, p: float) -> float:
-    "P(X >= k) for X ~ Binomial(n, p), summed in log space (no overflow for large n)."
-    if k <= 0: return 1.0
-    lp, lq = math.log(p), math.log1p(-p)
-    return min(1.0, sum(math.exp(math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * lp + (n - j) * lq)
-                        for j in range(k, n + 1)))
-
-class SessionRouter:
-    "Nearest-centroid day classifier on context-LMP statistics of raw trials, with each day's own spread."
-    def __init__(self, keys: Sequence[str],
-                 quantile: float = 0.95, # a day's radius: this quantile of its training trials' distances to its centroid
-                 alpha: float = 1e-3):   # a file is unseen when so many trials lie beyond every radius that P < alpha
-        self.keys, self.quantile, self.alpha, self.radius = list(keys), quantile, alpha, None
-
-    @staticmethod
-    def features(x) -> np.ndarray:
-        "Per-trial features (N, 2C): context mean and log-std of LMP per channel."
-        x = np.asarray(x[:, :T_CONTEXT, :, 0], np.float64)
-        return np.concatenate([x.mean(1), np.log(x.std(1) + 1e-3)], 1)
-
-    def _dist(self, f) -> np.ndarray:
-        "Squared distance (N, K) of features `f` to each day's centroid, standardised over all days (routing)."
-        z = (f - self.mu) / self.sd
-        return ((z[:, None] - self.centroids[None]) ** 2).sum(-1)
-
-    def _spread(self, f) -> np.ndarray:
-        "Root-mean-square distance (N, K) of features `f` to each day, every feature in units of that day's own std."
-        return np.sqrt((((f[:, None] - self.day_mu[None]) / self.day_sd[None]) ** 2).mean(-1))
-
-    def fit(self, arrays: dict[str, np.ndarray]) -> SessionRouter:
-        "Fit on raw training trials per session (keys in this router's order)."
-        f = {k: self.features(arrays[k]) for k in self.keys}
-        allf = np.concatenate(list(f.values()))
-        self.mu, self.sd = allf.mean(0), allf.std(0) + 1e-6
-        self.centroids = np.stack([((f[k] - self.mu) / self.sd).mean(0) for k in self.keys])
-        self.day_mu, self.day_sd = np.stack([f[k].mean(0) for k in self.keys]), np.stack([f[k].std(0) + 1e-6 for k in self.keys])
-        self.radius = np.array([np.quantile(self._spread(f[k])[:, i], self.quantile) for i, k in enumerate(self.keys)])
-        return self
-
-    def distances(self, x) -> np.ndarray:
-        "Distance (N, K) of each trial of raw `x` to each day, in units of that day's radius (> 1: beyond its spread)."
-        if self.radius is None: raise ValueError("this router was saved without day radii (an older neurofc): refit it")
-        return self._spread(self.features(x)) / self.radius
-
-    def predict(self, x) -> np.ndarray:
-        "Session index of each trial of raw `x` (N, 20, C, F); -1 for a trial whose context LMP is not finite."
-        return self._vote(self._dist(self.features(x)))
-
-    @staticmethod
-    def _vote(d) -> np.ndarray:
-        "The nearest day of each trial, -1 where its distances are not finite."
-        ok = np.isfinite(d).all(1)
-        return np.where(ok, np.where(ok[:, None], d, 0).argmin(1), -1)
-
-    def route(self, x) -> dict:
-        "How a whole file of raw `x` relates to the known days: nearest day, distances, and whether it is unseen."
-        if self.radius is None: raise ValueError("this router was saved without day radii (an older neurofc): refit it")
-        f = self.features(x)                            # once: routing and spreads use the same features
-        d, s = self._spread(f) / self.radius, self._vote(self._dist(f))
-        ok = s >= 0
-        if not ok.any(): raise ValueError(f"none of the {len(x)} trial(s) has a finite context LMP: the day cannot be inferred")
-        near = np.median(d[ok], 0)                      # per day: the median trial's distance
-        out = int((d[ok].min(1) > 1).sum())             # trials beyond every day's radius: ~5 % for a known day
-        p = binom_tail(out, int(ok.sum()), 1 - self.quantile)
-        return dict(day=int(np.bincount(s[ok], minlength=len(self.keys)).argmax()), unseen=bool(p < self.alpha),
-                    distance={k: float(v) for k, v in zip(self.keys, near)}, nearest=float(near.min()),
-                    outside=out / int(ok.sum()), p_value=p, trial_distance=d)
-
-    def predict_file(self, x) -> int:
-        "The majority session index of a whole file (trials with a non-finite context do not vote)."
-        return self.route(x)['day']
-
-    def state_dict(self) -> dict:
-        return {'keys': self.keys, 'mu': self.mu.tolist(), 'sd': self.sd.tolist(), 'centroids': self.centroids.tolist(),
-                'quantile': self.quantile, 'alpha': self.alpha,
-                **{k: None if self.radius is None else getattr(self, k).tolist() for k in ('day_mu', 'day_sd', 'radius')}}
-    @classmethod
-    def from_state_dict(cls, d: dict) -> SessionRouter:
-        r = cls(d['keys'], d.get('quantile', 0.95), d.get('alpha', 1e-3)); r.mu, r.sd, r.centroids = (np.asarray(d[k]) for k in ('mu', 'sd', 'centroids'))
-        for k in ('day_mu', 'day_sd', 'radius'): setattr(r, k, None if d.get(k) is None else np.asarray(d[k]))
-        return r

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 from torch.autograd.function import once_differentiable
 
-from .data import T_TOTAL
+from .core import T_TOTAL
 from .amag import (SelfAttention, Block, Encoder, TemporalEncoder, Adaptor, SpatialInteraction,
                           ChannelAttention, TemporalReadout)
 

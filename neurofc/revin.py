@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import nn, Tensor
 
-from .data import T_CONTEXT, N_FEATURES
+from .core import T_CONTEXT, N_FEATURES
 
 # %% auto 0
 __all__ = ['RevINStats', 'context_stats', 'RevIN']

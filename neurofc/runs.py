@@ -8,11 +8,12 @@ import functools, hashlib, json, os, subprocess, warnings
 from pathlib import Path
 
 import neurofc
+from .core import file_digest
 from .data import get_monkey, find_sessions, session_path, load_session, file_record
 
 # %% auto 0
-__all__ = ['FINGERPRINT', 'SEAL', 'read_json', 'file_digest', 'code_fingerprint', 'data_fingerprint', 'run_fingerprint',
-           'code_diff', 'fingerprint_diff', 'RunIntegrityError', 'is_sealed', 'seal_run', 'verify_seal', 'verify_run']
+__all__ = ['FINGERPRINT', 'SEAL', 'read_json', 'code_fingerprint', 'data_fingerprint', 'run_fingerprint', 'code_diff',
+           'fingerprint_diff', 'RunIntegrityError', 'is_sealed', 'seal_run', 'verify_seal', 'verify_run']
 
 # %% ../nbs/06a_runs.ipynb
 def read_json(path: str | Path, what: str = 'a JSON file written by neurofc'):
@@ -24,12 +25,6 @@ def read_json(path: str | Path, what: str = 'a JSON file written by neurofc'):
         raise ValueError(f"{path}: expected {what}, found unreadable text ({path.stat().st_size:,} bytes; "
                          f"{type(e).__name__}: {e})") from None
 
-def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
-    "SHA-256 of a file's bytes."
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        while b := f.read(chunk): h.update(b)
-    return h.hexdigest()
 
 # %% ../nbs/06a_runs.ipynb
 FINGERPRINT, SEAL = 'fingerprint.json', 'seal.json'

@@ -13,18 +13,20 @@ from torch import nn
 
 import neurofc
 from .core import get_device, seed_everything, resolve_path
-from .data import (MonkeyData, Stats, SessionRouter, DeviceBatcher, Batch, load_monkey, normalize,
-                          denormalize_lmp, mask_future, challenge_mse, check_array, T_CONTEXT)
+from .data import (MonkeyData, Stats, DeviceBatcher, Batch, load_monkey, normalize, mask_future,
+                          challenge_mse, T_CONTEXT)
+from .models import MODELS
+from .fast import accelerate
+from .infer import Forecaster, SessionRouter
 from .runs import (FINGERPRINT, read_json, run_fingerprint, fingerprint_diff, is_sealed, seal_run, verify_seal,
                           _git_commit)
 from .config import RunConfig, phase_config
 from .losses import forecast_mse, forecast_huber, mmd_loss, spectral_loss, variance_weights
 
 # %% auto 0
-__all__ = ['RESUME_IGNORES', 'MODEL_BUILDERS', 'lr_factor', 'is_cycle_end', 'EMA', 'augment', 'mixup', 'Forecaster',
-           'context_stats', 'score_sessions', 'persistence', 'run_name', 'atomic_save', 'environment', 'config_diff',
-           'prepare_run_dir', 'build_model', 'loss_weight', 'augments', 'make_optimizer', 'TrainStep', 'fit',
-           'members_of', 'load_run', 'finish_run', 'check_seeds', 'train_seeds']
+__all__ = ['RESUME_IGNORES', 'lr_factor', 'is_cycle_end', 'EMA', 'augment', 'mixup', 'score_sessions', 'persistence', 'run_name',
+           'atomic_save', 'environment', 'config_diff', 'prepare_run_dir', 'build_model', 'loss_weight', 'augments',
+           'make_optimizer', 'TrainStep', 'fit', 'members_of', 'load_run', 'finish_run', 'check_seeds', 'train_seeds']
 
 # %% ../nbs/07_train.ipynb
 def lr_factor(cfg: RunConfig, epoch: float) -> float:
@@ -90,51 +92,6 @@ def mixup(x, y, session, alpha: float, gen: torch.Generator | None = None):
     return lx * x + (1 - lx) * x[j], lx[..., 0] * y + (1 - lx[..., 0]) * y[j], session
 
 # %% ../nbs/07_train.ipynb
-class Forecaster:
-    "Ensemble of trained models with per-day normalisation and day routing; raw units in and out."
-    def __init__(self, models: list[nn.Module], stats: dict[str, Stats], router: SessionRouter,
-                 device: str | torch.device = 'cpu', batch_size: int = 16, use_session: bool = True,
-                 norm: str = 'session'): # 'session': the day's training statistics; 'context': each trial's own context
-        if norm not in ('session', 'context'): raise ValueError(f"Unknown norm {norm!r}; expected 'session' or 'context'")
-        self.models = [m.to(device).eval() for m in models]
-        self.stats, self.router, self.keys = stats, router, router.keys
-        self.device, self.batch_size, self.use_session, self.norm = torch.device(device), batch_size, use_session, norm
-
-    def route(self, x: np.ndarray) -> dict:
-        "The router's view of a whole file of raw trials: nearest known day, distances, and whether it is unseen."
-        return self.router.route(x)
-
-    @torch.no_grad()
-    def predict(self, x: np.ndarray, session: int | None = None) -> np.ndarray:
-        "Forecast raw masked trials `x` (N, 20, C, F) of one file; `session` overrides the router (tests only)."
-        C, Fe = next(iter(self.stats.values())).mean.shape
-        x = check_array(x, C, 'Forecaster.predict input', Fe)           # non-finite values: an error naming the trials
-        if len(x) == 0: return np.zeros((0, x.shape[1], x.shape[2]), np.float32)
-        unseen = False
-        if session is None:
-            r = self.route(x); s, unseen = r['day'], r['unseen']
-        else: s = session
-        norm = 'context' if unseen else self.norm          # an unseen day: each trial's own context statistics ...
-        st = self.stats[self.keys[s]]
-        out = []
-        for i in range(0, len(x), self.batch_size):
-            xr = torch.from_numpy(x[i:i + self.batch_size]).to(self.device)
-            tb = context_stats(xr) if norm == 'context' else st
-            xb = normalize(xr, tb)
-            sid = torch.full((len(xb),), -1 if unseen else s, device=self.device) if self.use_session else None   # ... and the mean embedding
-            yb = torch.stack([m(mask_future(xb), session=sid) for m in self.models]).float().mean(0)
-            out.append(denormalize_lmp(yb, tb).cpu())
-        y = torch.cat(out).numpy()
-        y[:, :T_CONTEXT] = x[:, :T_CONTEXT, :, 0]
-        return y
-
-def context_stats(x: torch.Tensor) -> Stats:
-    "Test-time normalisation: per-trial statistics of the context bins, shaped to broadcast over (B, T, C, F)."
-    ctx = x[:, :T_CONTEXT].double()
-    mean, std = ctx.mean(1, keepdim=True), ctx.std(1, unbiased=False, keepdim=True)
-    std = torch.where(std > 1e-6 * mean.abs().clamp(min=1.0), std, torch.ones_like(std))
-    return Stats(mean.to(x.dtype), std.to(x.dtype))
-
 def score_sessions(predict, arrays: dict[str, np.ndarray], main_key: str) -> dict[str, float]:
     "Raw MSE per session of `predict(masked)` on `arrays`, plus same-day, cross-date (mean over later days) and total (mean over all)."
     out = {k: challenge_mse(predict(mask_future(v)), v) for k, v in arrays.items() if len(v)}
@@ -202,28 +159,14 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, fingerprint: di
 
 
 # %% ../nbs/07_train.ipynb
-def _build_amag(cfg: RunConfig, n_channels: int, n_sessions: int, n_features: int, data: MonkeyData | None,
-                fast: bool = True) -> nn.Module:
-    from neurofc.amag import AMAG, correlation_adjacency
-    from neurofc.fast import accelerate
-    adj = None
-    if data is not None:
-        main = data.keys[0]
-        adj = correlation_adjacency(normalize(data.train[main], data.stats[main])[..., 0])
-    m = AMAG(n_channels, n_features=n_features, n_sessions=n_sessions, adj_init=adj, **cfg.model_kwargs())
-    return accelerate(m, **cfg.speed_kwargs()) if fast else m
-
-MODEL_BUILDERS = {'amag': _build_amag}
-
 def build_model(cfg: RunConfig, n_channels: int, n_sessions: int, n_features: int = 9, data: MonkeyData | None = None,
-                fast: bool = True, # AMAG: the speed layer's exact form (`neurofc.fast`); False: the faithful model
+                fast: bool = True, # the speed layer's exact form (`neurofc.fast`); False: the faithful model
                ) -> nn.Module:
     "The model `cfg.model`; `data` (training trials) initialises data-dependent parameters, omitted when weights are loaded."
-    if cfg.model not in MODEL_BUILDERS: import neurofc.baselines   # registers the baselines' builders
-    if cfg.model not in MODEL_BUILDERS:
-        raise ValueError(f"No builder for model {cfg.model!r}; import neurofc.baselines for baselines. Known: {sorted(MODEL_BUILDERS)}")
-    build = MODEL_BUILDERS[cfg.model]
-    return build(cfg, n_channels, n_sessions, n_features, data, fast) if cfg.model == 'amag' else build(cfg, n_channels, n_sessions, n_features, data)
+    if cfg.model not in MODELS: raise ValueError(f"Unknown model {cfg.model!r}; known models: {sorted(MODELS)}")
+    spec = MODELS[cfg.model]
+    m = spec.build(spec.kwargs(cfg, n_channels, n_sessions, n_features), data)
+    return accelerate(m, **cfg.speed_kwargs()) if fast else m
 
 # %% ../nbs/07_train.ipynb
 def _fast_opt(dev: torch.device) -> dict:

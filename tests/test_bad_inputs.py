@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import neurofc.baselines  # registers the baselines' builders
 from neurofc.cli import main
 from neurofc.config import phase_config
 from neurofc.data import get_monkey, load_monkey, load_npz, mask_future, save_npz, session_path
 from neurofc.evaluate import evaluate
 from neurofc.fixtures import synthetic_dir
-from neurofc.submission import Model, export_submission, run_ingestion
+from neurofc.infer import Model
+from neurofc.submission import export_submission, run_ingestion
 from neurofc.train import load_run, train_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -465,7 +465,7 @@ CASES = [
         'model-channels',
         lambda w: lambda: _model(w, np.zeros((2, 20, 239, 9), np.float32)),
         ValueError,
-        ["Model('beignet').predict expects 89 channels on axis 2, found 239"],
+        ["Model('beignet').predict input: expected 89 channels on axis 2, found 239"],
     ),
     (
         'model-rank',

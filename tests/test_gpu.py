@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-import neurofc.baselines  # registers the baselines' builders
 from neurofc.config import phase_config
 from neurofc.core import get_device, seed_everything
 from neurofc.data import DeviceBatcher, get_monkey, load_npz, session_path
