@@ -16,17 +16,16 @@ from torch.utils.flop_counter import flop_registry
 
 import neurofc
 from .core import get_device, resolve_path, seed_everything
-from .config import phase_config, RunConfig
+from .config import phase_config, RunConfig, build_model
 from .data import Batch, DeviceBatcher, MonkeyData, Stats, load_monkey, mask_future, normalize
 from .infer import Forecaster, SessionRouter
 from .synthetic import ensure_synthetic
-from .fast import accelerate
-from .train import TrainStep, augment, augments, build_model, loss_weight, make_optimizer, score_sessions
+from .train import TrainStep, StackedStep, progress_bar, augment, augments, loss_weight, score_sessions
 
 # %% auto 0
 __all__ = ['REFERENCE', 'TARGETS', 'CONFIGS', 'RSS_LIMIT_GB', 'FLOP_TARGET', 'cpu_model', 'machine_info', 'matmul_rate',
-           'HostBatcher', 'bench_config', 'bench_data', 'build_pair', 'guard', 'FlopCount', 'measure', 'stackable',
-           'StackedStep', 'measure_seeds', 'run', 'table', 'seeds_table', 'write_report', 'main']
+           'HostBatcher', 'bench_config', 'bench_data', 'build_pair', 'guard', 'FlopCount', 'measure', 'measure_seeds',
+           'run', 'table', 'seeds_table', 'write_report', 'main']
 
 # %% ../nbs/12_bench.ipynb
 REFERENCE = {  # (phase, monkey): (s/epoch, batches/epoch, peak RSS) of the reference implementation, 2-core EPYC, torch 2.13 CPU
@@ -206,54 +205,6 @@ def measure(phase: str, monkey: str, path: str = 'optimized', device='cpu', warm
                 val_passes=2 if cfg.ema_decay > 0 else 1, val_every=cfg.val_every, full_epoch_s=epoch_s, peak_gb=peak, peak_train_gb=peak_train)
 
 # %% ../nbs/12_bench.ipynb
-def stackable(cfg: RunConfig, device='cpu') -> bool:
-    "Whether `cfg`'s model can be vmapped over seeds on `device` (not with the fused Adaptor, nor with dropout's CPU masks)."
-    return cfg.model == 'amag' and not cfg.adaptor and (cfg.dropout == 0 or get_device(device).type != 'cpu')
-
-class StackedStep:
-    "`TrainStep` for k models of one configuration at once: stacked parameters, a vmapped forward, per-seed clipping."
-    def __init__(self, cfg: RunConfig, models: list[nn.Module], device, weight: torch.Tensor | None = None):
-        if not stackable(cfg, device): raise ValueError(f"{cfg.phase}: a model with the fused Adaptor or dropout cannot be vmapped over seeds; train seeds one by one")
-        self.cfg, self.dev, self.k = cfg, torch.device(device), len(models)
-        self.base = copy.deepcopy(models[0]).to('meta')
-        accelerate(self.base, **{**cfg.speed_kwargs(), 'encoder_tile': 0})   # tiles cannot run under vmap
-        params, self.buffers = torch.func.stack_module_state(models)
-        self.names = list(params)
-        self.params = [params[n] for n in self.names]
-        self.opt = make_optimizer(cfg, self.params, foreach=True)
-        self.ema = [p.detach().clone() for p in self.params] if cfg.ema_decay > 0 else None
-        self.single = TrainStep(cfg, models[0], device, weight)     # its loss, augmentation and mixup settings
-        self.single.forward = self._functional
-
-    def _functional(self, x, session=None, **kw):
-        return torch.func.functional_call(self.base, (self._p, self._b), (x,), {'session': session, **kw})
-
-    def _loss(self, params, buffers, x, y, s):
-        self._p, self._b = dict(zip(self.names, params)), buffers
-        return self.single.loss(x, y, s)
-
-    def __call__(self, batches: list[Batch], lr: float) -> torch.Tensor:
-        "One step of every seed, seed i on `batches[i]`; returns the k losses."
-        cfg = self.cfg
-        xs, ys, ss = zip(*(self.single.inputs(b) for b in batches))
-        losses = torch.func.vmap(self._loss, in_dims=(0, 0, 0, 0, 0), randomness='different')(
-            self.params, self.buffers, torch.stack(xs), torch.stack(ys), torch.stack(ss))
-        for g in self.opt.param_groups: g['lr'] = lr
-        self.opt.zero_grad(set_to_none=True)
-        losses.sum().backward()
-        if cfg.grad_clip > 0:
-            norms = torch.stack([p.grad.reshape(self.k, -1).pow(2).sum(1) for p in self.params]).sum(0).sqrt()   # (k,)
-            coef = (cfg.grad_clip / (norms + 1e-6)).clamp(max=1.0)
-            for p in self.params: p.grad.mul_(coef.view(-1, *[1] * (p.ndim - 1)))
-        self.opt.step()
-        if self.ema: torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1 - cfg.ema_decay)
-        return losses.detach()
-
-    def state(self, i: int) -> dict:
-        "Seed i's weights as a state dict."
-        return {**{n: p[i].detach() for n, p in zip(self.names, self.params)}, **{n: b[i] for n, b in self.buffers.items()}}
-
-# %% ../nbs/12_bench.ipynb
 def measure_seeds(phase: str, monkey: str, k: int = 3, device='cpu', timed: int = 3, quick: bool = False) -> dict:
     "Seconds per batch-step of `k` seeds stacked vs one after another (`stackable` configurations)."
     dev = get_device(device)
@@ -299,14 +250,13 @@ def _run_child(kind: str, args: dict) -> dict:
 def run(configs=CONFIGS, device: str = 'cpu', quick: bool = False, timed: int = 5, plain_timed: int = 2,
         seeds: tuple = (('reference', 'beignet'), ('reference', 'affi')), progress: bool = True, repeats: int = 2) -> dict:
     "Measure `configs` (each in its own process): guard, optimized, plain, optimized again (`repeats` rounds in all); then seeds and the matmul rate."
-    from tqdm.auto import tqdm
     configs = [tuple(c) for c in configs]
     todo = ([('guard', c) for c in configs] + [('optimized', c) for c in configs] + [('plain', c) for c in configs]
             + [('optimized', c) for _ in range(repeats - 1) for c in configs] + [('seeds', c) for c in seeds])
     res = {'machine': machine_info(device), 'guards': {}, 'runs': [], 'seeds': [], 'quick': quick,
            'started': datetime.datetime.now().isoformat(timespec='seconds'), 'matmul_runs': [matmul_rate(device)]}
     smallest = min(configs, key=lambda c: (c[0] != 'reference', c[1] != 'beignet'))
-    bar = tqdm(todo, desc='benchmark', disable=not progress)
+    bar = progress_bar(todo, desc='benchmark', disable=not progress)
     for kind, (phase, monkey) in bar:
         bar.set_postfix_str(f"{kind} {phase}/{monkey}")
         kw = dict(phase=phase, monkey=monkey, device=device, quick=quick)

@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _expand(patterns: list[str]) -> list:
     "Run directories of several globs or paths, in order, without duplicates."
-    from neurofc.evaluate import resolve_runs
+    from neurofc.runs import resolve_runs
     return list(dict.fromkeys(d for p in patterns for d in resolve_runs(p)))
 
 def export(args) -> int:

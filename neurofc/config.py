@@ -7,12 +7,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from torch import nn
+
 from .core import Config
 from .data import get_monkey
 from .models import MODELS
+from .fast import accelerate
 
 # %% auto 0
-__all__ = ['PHASES', 'PHASE_DEFAULTS', 'MODEL_DEFAULTS', 'QUICK', 'RunConfig', 'phase_config']
+__all__ = ['PHASES', 'PHASE_DEFAULTS', 'MODEL_DEFAULTS', 'QUICK', 'RunConfig', 'phase_config', 'build_model']
 
 # %% ../nbs/05_config.ipynb
 PHASES = ('paper', 'compete', 'reference')
@@ -155,3 +158,13 @@ def phase_config(phase: str, monkey: str = 'beignet', quick: bool = False, **ove
         base.update(QUICK, heads=min(base.get('heads', 1), 2), channel_heads=2, snapshots=QUICK['snapshots'] if base.get('snapshots') else 0)
         if model != 'amag': base.update(hidden=MODEL_DEFAULTS[model].get('hidden', 64), epochs=min(MODEL_DEFAULTS[model]['epochs'], QUICK['epochs']))
     return RunConfig(**{**base, **overrides})
+
+# %% ../nbs/05_config.ipynb
+def build_model(cfg: RunConfig, n_channels: int, n_sessions: int, n_features: int = 9, data: MonkeyData | None = None,
+                fast: bool = True, # the speed layer's exact form (`neurofc.fast`); False: the faithful model
+               ) -> nn.Module:
+    "The model `cfg.model`; `data` (training trials) initialises data-dependent parameters, omitted when weights are loaded."
+    if cfg.model not in MODELS: raise ValueError(f"Unknown model {cfg.model!r}; known models: {sorted(MODELS)}")
+    spec = MODELS[cfg.model]
+    m = spec.build(spec.kwargs(cfg, n_channels, n_sessions, n_features), data)
+    return accelerate(m, **cfg.speed_kwargs()) if fast else m

@@ -11,8 +11,9 @@ from .core import resolve_path
 from .config import phase_config
 from .synthetic import data_source
 from .data import load_monkey
-from .runs import FINGERPRINT, read_json, run_fingerprint, fingerprint_diff, is_sealed, verify_seal
-from .train import fit, run_name, config_diff
+from .runs import (FINGERPRINT, read_json, run_fingerprint, fingerprint_diff, is_sealed, verify_seal, run_name,
+                          config_diff)
+from .train import fit
 
 # %% auto 0
 __all__ = ['DEMO_MODELS', 'render_report', 'demo_run_dir', 'run_demo']

@@ -12,11 +12,11 @@ import pandas as pd
 
 from .core import resolve_path
 from .data import get_monkey, load_npz, load_session, session_path, find_sessions, challenge_mse, T_CONTEXT
-from .runs import read_json, verify_run, data_fingerprint
-from .train import load_run, persistence
+from .runs import read_json, resolve_runs, load_run
+from .train import persistence
 
 # %% auto 0
-__all__ = ['challenge_total', 'step_mse', 'channel_scores', 'resolve_runs', 'load_test_sets', 'evaluate', 'phase_table']
+__all__ = ['challenge_total', 'step_mse', 'channel_scores', 'load_test_sets', 'evaluate', 'phase_table']
 
 # %% ../nbs/09_evaluate.ipynb
 def _future(a): return np.asarray(a, np.float64)[:, T_CONTEXT:]
@@ -43,30 +43,6 @@ def channel_scores(pred, truth) -> pd.DataFrame:
                          'pearson': np.where(den > 0, (pc * tc).sum(0) / np.where(den > 0, den, 1), np.nan)})
 
 # %% ../nbs/09_evaluate.ipynb
-def resolve_runs(runs: str | Path | list,
-                 data_dir: str | Path | None = None, # given: each run must have been trained on its training files
-                 code: str = 'ignore',               # a change of code since training: 'ignore', 'warn' or 'refuse'
-                ) -> list[Path]:
-    "Run directories from a glob or list, all of one monkey, each finished and intact (`neurofc.runs.verify_run`)."
-    if isinstance(runs, (str, Path)):
-        pattern = str(resolve_path(runs))
-        dirs = sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_dir())
-        if not dirs: raise FileNotFoundError(f"No run directories match {str(runs)!r} (looked for {pattern})")
-    else:
-        dirs = [resolve_path(d) for d in runs]
-        if not dirs: raise ValueError("No run directories given")
-    for d in dirs:
-        if not (d / 'metrics.json').exists(): raise FileNotFoundError(f"Run {d}: expected its metrics.json, found none: it is unfinished or not a run directory")
-    monkeys = {d: read_json(d / 'metrics.json', 'the metrics of a finished neurofc run')['monkey'] for d in dirs}
-    if len(set(monkeys.values())) > 1:
-        raise ValueError(f"Runs of different monkeys mixed: {sorted(set(monkeys.values()))}; evaluate one monkey at a time "
-                         f"({', '.join(f'{d.name}: {m}' for d, m in monkeys.items())})")
-    data = None
-    if data_dir is not None:
-        data = dict(data_fingerprint(data_dir, next(iter(monkeys.values()))), source=str(resolve_path(data_dir)))
-    for d in dirs: verify_run(d, data, code)                # sealed and intact; trained on these files; code checked
-    return dirs
-
 def load_test_sets(data_dir: str | Path, monkey: str) -> dict[str, dict]:
     "Per session: `masked` input, `truth`, its `kind` and, on synthetic data, the simulator's `oracle` forecast."
     out = {}
@@ -85,6 +61,7 @@ def load_test_sets(data_dir: str | Path, monkey: str) -> dict[str, dict]:
             with np.load(oracle_path) as z: oracle = z['arr_0']
         out[s.name] = dict(masked=masked, truth=truth, kind=s.kind, key=s.key, oracle=oracle)
     return out
+
 
 # %% ../nbs/09_evaluate.ipynb
 def _rows(label, group, seeds, members, preds, sets):

@@ -8,14 +8,14 @@ import shutil
 from pathlib import Path
 
 from .core import resolve_path
-from .config import phase_config
+from .config import phase_config, RunConfig
 from .data import load_monkey, MonkeyData
 from .synthetic import ensure_synthetic, make_days, simulate, oracle_forecast, _rng
 from .data import Session, get_monkey, save_npz, mask_future
 from .train import train_seeds
 
 # %% auto 0
-__all__ = ['TINY', 'synthetic_dir', 'tiny_data', 'quick_runs', 'extra_day_tree']
+__all__ = ['TINY', 'synthetic_dir', 'tiny_data', 'tiny_config', 'quick_runs', 'extra_day_tree']
 
 # %% ../nbs/99_fixtures.ipynb
 def synthetic_dir(monkey: str = 'beignet') -> Path:
@@ -29,7 +29,15 @@ def tiny_data(monkey: str = 'beignet', limit: int = 48) -> MonkeyData:
     d.val = {k: v[:limit] for k, v in d.val.items()}
     return d
 
-TINY = dict(hidden=16, d_ff=32, epochs=2, val_every=1, train_limit=32, val_frac=0.03, cross_val_frac=0.1)
+TINY = dict(hidden=8, d_ff=16, heads=2, channel_heads=2, epochs=2, val_every=1, t0=1, warmup=0, batch_size=8,
+            train_limit=32, val_frac=0.03, cross_val_frac=0.1)   # the one tiny configuration of the tests
+_DATA = ('train_limit', 'val_frac', 'cross_val_frac', 'batch_size')
+
+def tiny_config(phase: str = 'paper', monkey: str = 'beignet', model: str = 'amag', **overrides) -> RunConfig:
+    "`phase`'s quick configuration at the `TINY` sizes (a baseline: its own sizes on `TINY`'s data), then `overrides`."
+    kw = TINY if model == 'amag' else {k: TINY[k] for k in _DATA}
+    if model == 'gru': kw = {**kw, 'hidden': 16, 'epochs': 2}
+    return phase_config(phase, monkey, quick=True, model=model, **{**kw, **overrides})
 
 def quick_runs(monkey: str, runs_dir: str | Path, models=('persistence', 'ridge', 'paper', 'compete'), seeds=(0,),
                **overrides) -> list[Path]:
@@ -37,9 +45,7 @@ def quick_runs(monkey: str, runs_dir: str | Path, models=('persistence', 'ridge'
     dirs = []
     for m in models:
         phase, model = (m, 'amag') if m in ('paper', 'compete', 'reference') else ('paper', m)
-        kw = {**(TINY if model == 'amag' else {k: TINY[k] for k in ('train_limit', 'val_frac', 'cross_val_frac')}), **overrides}
-        if model == 'gru': kw.update(hidden=16, epochs=2)
-        cfg = phase_config(phase, monkey, quick=True, model=model, **kw)
+        cfg = tiny_config(phase, monkey, model, **overrides)
         dirs += train_seeds(cfg, synthetic_dir(monkey), seeds=seeds, runs_dir=runs_dir, device='cpu', progress=False)
     return dirs
 

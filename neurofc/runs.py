@@ -4,16 +4,24 @@
 
 # %% ../nbs/06a_runs.ipynb 3
 from __future__ import annotations
-import functools, hashlib, json, os, subprocess, warnings
+import csv, functools, glob, hashlib, json, os, platform, subprocess, warnings
 from pathlib import Path
 
+import numpy as np
+import torch
+
 import neurofc
-from .core import file_digest
+from .core import file_digest, get_device, resolve_path, Stats
 from .data import get_monkey, find_sessions, session_path, load_session, file_record
+from .config import RunConfig, build_model
+from .infer import Forecaster, SessionRouter
+
 
 # %% auto 0
-__all__ = ['FINGERPRINT', 'SEAL', 'read_json', 'code_fingerprint', 'data_fingerprint', 'run_fingerprint', 'code_diff',
-           'fingerprint_diff', 'RunIntegrityError', 'is_sealed', 'seal_run', 'verify_seal', 'verify_run']
+__all__ = ['FINGERPRINT', 'SEAL', 'RESUME_IGNORES', 'read_json', 'code_fingerprint', 'data_fingerprint', 'run_fingerprint',
+           'code_diff', 'fingerprint_diff', 'RunIntegrityError', 'is_sealed', 'seal_run', 'verify_seal', 'verify_run',
+           'run_name', 'atomic_save', 'environment', 'read_config', 'config_diff', 'prepare_run_dir', 'load_checkpoint',
+           'finished_metrics', 'write_history', 'members_of', 'load_run', 'resolve_runs']
 
 # %% ../nbs/06a_runs.ipynb
 def read_json(path: str | Path, what: str = 'a JSON file written by neurofc'):
@@ -134,3 +142,139 @@ def verify_run(run_dir: str | Path, data: dict | None = None, code: str = 'warn'
         if code == 'refuse': raise RunIntegrityError(f"{run_dir}: {cd[0]}")
         warnings.warn(f"{run_dir.name}: {cd[0]}; its forecasts are computed with the present code", stacklevel=2)
     return saved
+
+# %% ../nbs/06a_runs.ipynb
+def run_name(cfg: RunConfig, seed: int) -> str:
+    return f"{cfg.monkey}-{cfg.phase if cfg.model == 'amag' else cfg.model}-seed{seed}"
+
+def atomic_save(obj, path: Path):
+    "`torch.save` (or JSON text for str) to a temporary file, then rename over `path`."
+    tmp = path.with_name(path.name + '.tmp')
+    if isinstance(obj, str): tmp.write_text(obj)
+    else: torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+def environment(device: torch.device) -> dict:
+    "Versions, device and commit recorded with every run."
+    return {'neurofc': neurofc.__version__, 'torch': torch.__version__, 'numpy': np.__version__, 'python': platform.python_version(),
+            'device': str(device), 'device_name': torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine(),
+            'threads': torch.get_num_threads(), 'git_commit': _git_commit()}
+
+RESUME_IGNORES = ('epochs', 'adaptor_chunk', 'checkpoint', 'encoder_tile', 'encoder_keep_mb', 'compile', 'cooldown_s', 'max_gpu_temp')   # budget, memory, speed
+
+def read_config(run_dir: Path) -> RunConfig:
+    path = run_dir / 'config.json'
+    return RunConfig.from_dict(read_json(path, 'the configuration of a neurofc run'), str(path))
+
+def config_diff(run_dir: Path, cfg: RunConfig) -> dict:
+    "Fields (saved, requested) where `cfg` differs from the run's saved config, except budget, memory and speed."
+    return {k: (v, getattr(cfg, k)) for k, v in read_config(run_dir).to_dict().items() if getattr(cfg, k) != v and k not in RESUME_IGNORES}
+
+def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, fingerprint: dict | None = None) -> str:
+    "Create `run_dir` ('new') or verify, writing nothing, that it may be resumed: 'resume', 'restart' (no checkpoint yet) or 'finished'."
+    if not (run_dir.exists() and any(run_dir.iterdir())):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return 'new'
+    if not resume:
+        raise FileExistsError(f"Run directory {run_dir} already exists; pass resume=True to continue it from its last "
+                              f"checkpoint, or remove it / choose another runs_dir (neurofc never overwrites a run)")
+    diff = config_diff(run_dir, cfg)
+    if diff: raise ValueError(f"Cannot resume {run_dir}: its config differs in {diff} (saved, requested)")
+    if fingerprint is not None:
+        if not (run_dir / FINGERPRINT).exists():
+            raise ValueError(f"Cannot resume {run_dir}: expected its {FINGERPRINT}, found none (an older neurofc wrote it), so "
+                             f"its data and code cannot be verified; train a new run (another runs_dir or seed)")
+        diffs = fingerprint_diff(read_json(run_dir / FINGERPRINT, 'the fingerprint of a neurofc run'), fingerprint)
+        if diffs:
+            raise ValueError(f"Cannot resume {run_dir}: it was trained on other data or code than this call's:\n"
+                             + '\n'.join(f"  - {d}" for d in diffs) + "\nNothing in it was changed. To train on the present "
+                             "data and code, choose another runs_dir (or seed); to continue this run, restore the files "
+                             "(and the neurofc version) it was started with.")
+    if is_sealed(run_dir):
+        verify_seal(run_dir)
+        return 'finished'
+    return 'resume' if (run_dir / 'last.pt').exists() else 'restart'
+
+
+# %% ../nbs/06a_runs.ipynb
+def load_checkpoint(path: Path, device) -> dict:
+    "A checkpoint's content; a damaged file is an error naming it."
+    try: return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"{path}: expected a PyTorch checkpoint written by neurofc, found an unreadable file "
+                           f"({path.stat().st_size:,} bytes; {type(e).__name__}): it is damaged") from None
+
+def finished_metrics(run_dir: Path, cfg: RunConfig) -> dict:
+    "The metrics of a finished run, which is read-only: asking for more epochs than it ran is an error."
+    m = read_json(run_dir / 'metrics.json', 'the metrics of a finished neurofc run')
+    if cfg.epochs > m['epochs_run'] and not m['stopped_early']:
+        raise ValueError(f"{run_dir} finished after {m['epochs_run']} epochs and a finished run is read-only: to train for "
+                         f"epochs={cfg.epochs}, start a new run (another runs_dir or seed)")
+    print(f"{run_dir} is finished; returning its metrics (nothing written)")
+    return m
+
+def write_history(path: Path, rows: list[dict]):
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    tmp = path.with_name(path.name + '.tmp')
+    with open(tmp, 'w', newline='') as f:
+        w = csv.DictWriter(f, cols); w.writeheader(); w.writerows(rows)
+    os.replace(tmp, path)
+
+
+# %% ../nbs/06a_runs.ipynb
+def members_of(cfg: RunConfig, run_dir: Path) -> list[str]:
+    "Checkpoint files that `cfg.predictor` averages, among those present in `run_dir` (falls back to `best.pt`)."
+    names = []
+    for part in cfg.predictor.split('+'):
+        if part == 'snapshots': names += sorted(p.name for p in run_dir.glob('snapshot_*.pt'))
+        elif part == 'ema': names.append('ema_best.pt')
+        else: names.append('best.pt')
+    names = [n for n in names if (run_dir / n).exists()]
+    return names or ['best.pt']
+
+def load_run(run_dir: str | Path, device: str = 'cpu', members: list[str] | None = None,
+             verify: bool = True, # check a finished run's seal first (off only right after `resolve_runs` checked it)
+            ) -> Forecaster:
+    "The `Forecaster` of a finished or running run: its members' weights, statistics and router."
+    run_dir, dev = resolve_path(run_dir), get_device(device)
+    if not (run_dir / 'config.json').exists(): raise FileNotFoundError(f"{run_dir} is not a run directory: config.json is missing")
+    if verify and is_sealed(run_dir): verify_seal(run_dir)
+    cfg = read_config(run_dir)
+    stats = {k: Stats.from_dict(v) for k, v in read_json(run_dir / 'stats.json', 'normalisation statistics').items()}
+    router = SessionRouter.from_state_dict(read_json(run_dir / 'router.json', 'a session router'))
+    members = members or members_of(cfg, run_dir)
+    C, Fe = next(iter(stats.values())).mean.shape
+    models = []
+    for name in members:
+        m = build_model(cfg, C, len(router.keys), Fe)
+        m.load_state_dict(load_checkpoint(run_dir / name, dev)); models.append(m)
+    f = Forecaster(models, stats, router, dev, use_session=cfg.session_embedding)
+    f.members, f.cfg, f.run_dir = members, cfg, run_dir
+    return f
+
+
+# %% ../nbs/06a_runs.ipynb
+def resolve_runs(runs: str | Path | list,
+                 data_dir: str | Path | None = None, # given: each run must have been trained on its training files
+                 code: str = 'ignore',               # a change of code since training: 'ignore', 'warn' or 'refuse'
+                ) -> list[Path]:
+    "Run directories from a glob or list, all of one monkey, each finished and intact (`neurofc.runs.verify_run`)."
+    if isinstance(runs, (str, Path)):
+        pattern = str(resolve_path(runs))
+        dirs = sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_dir())
+        if not dirs: raise FileNotFoundError(f"No run directories match {str(runs)!r} (looked for {pattern})")
+    else:
+        dirs = [resolve_path(d) for d in runs]
+        if not dirs: raise ValueError("No run directories given")
+    for d in dirs:
+        if not (d / 'metrics.json').exists(): raise FileNotFoundError(f"Run {d}: expected its metrics.json, found none: it is unfinished or not a run directory")
+    monkeys = {d: read_json(d / 'metrics.json', 'the metrics of a finished neurofc run')['monkey'] for d in dirs}
+    if len(set(monkeys.values())) > 1:
+        raise ValueError(f"Runs of different monkeys mixed: {sorted(set(monkeys.values()))}; evaluate one monkey at a time "
+                         f"({', '.join(f'{d.name}: {m}' for d, m in monkeys.items())})")
+    data = None
+    if data_dir is not None:
+        data = dict(data_fingerprint(data_dir, next(iter(monkeys.values()))), source=str(resolve_path(data_dir)))
+    for d in dirs: verify_run(d, data, code)                # sealed and intact; trained on these files; code checked
+    return dirs
+

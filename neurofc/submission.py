@@ -15,8 +15,7 @@ from .core import resolve_path, Stats, mask_future, T_CONTEXT, T_TOTAL, file_dig
 from .data import get_monkey, find_sessions, session_path, load_npz
 from .models import MODELS
 from .infer import MANIFEST
-from .train import load_run
-from .evaluate import resolve_runs
+from .runs import load_run, resolve_runs
 
 # %% auto 0
 __all__ = ['SHIPPED', 'ENTRY', 'CHALLENGE_MONKEYS', 'shipped_files', 'load_model_file', 'zip_listing', 'reference_predict',

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_train.ipynb 2
 from __future__ import annotations
-import ast, copy, csv, dataclasses, json, math, os, platform, time
+import ast, copy, dataclasses, json, math, os, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +15,53 @@ import neurofc
 from .core import get_device, seed_everything, resolve_path
 from .data import (MonkeyData, Stats, DeviceBatcher, Batch, load_monkey, normalize, mask_future,
                           challenge_mse, T_CONTEXT)
-from .models import MODELS
-from .fast import accelerate
 from .infer import Forecaster, SessionRouter
-from .runs import (FINGERPRINT, read_json, run_fingerprint, fingerprint_diff, is_sealed, seal_run, verify_seal,
-                          _git_commit)
-from .config import RunConfig, phase_config
+from .runs import (FINGERPRINT, run_fingerprint, is_sealed, seal_run, run_name, atomic_save, environment,
+                          prepare_run_dir, load_checkpoint, finished_metrics, write_history, members_of, load_run)
+from .config import RunConfig, phase_config, build_model
+from .fast import accelerate
 from .losses import forecast_mse, forecast_huber, mmd_loss, spectral_loss, variance_weights
 
 # %% auto 0
-__all__ = ['RESUME_IGNORES', 'lr_factor', 'is_cycle_end', 'EMA', 'augment', 'mixup', 'score_sessions', 'persistence', 'run_name',
-           'atomic_save', 'environment', 'config_diff', 'prepare_run_dir', 'build_model', 'loss_weight', 'augments',
-           'make_optimizer', 'TrainStep', 'fit', 'members_of', 'load_run', 'finish_run', 'check_seeds', 'train_seeds']
+__all__ = ['LineProgress', 'progress_bar', 'lr_factor', 'is_cycle_end', 'EMA', 'augment', 'mixup', 'score_sessions',
+           'persistence', 'loss_weight', 'augments', 'make_optimizer', 'TrainStep', 'Run', 'fit', 'stackable',
+           'StackedStep', 'finish_run', 'check_seeds', 'train_seeds']
+
+# %% ../nbs/07_train.ipynb
+def _in_kernel() -> bool:
+    "Whether this code runs in a Jupyter kernel (JupyterLab, papermill)."
+    shell = sys.modules.get('IPython') and sys.modules['IPython'].get_ipython()
+    return type(shell).__name__ == 'ZMQInteractiveShell'
+
+class LineProgress:
+    "`tqdm`'s `update`, `set_postfix`, `set_postfix_str` and `close`, as one line per update on stderr (for logs)."
+    def __init__(self, iterable=None, total: int | None = None, initial: int = 0, desc: str = '', disable: bool = False):
+        self.iterable, self.n, self.desc, self.disable, self.post = iterable, initial, desc, disable, ''
+        self.total = len(iterable) if total is None and iterable is not None else total
+        self.t0 = time.time()
+
+    def set_postfix(self, **kw): self.post = ', '.join(f'{k}={v}' for k, v in kw.items())
+    def set_postfix_str(self, s: str): self.post = s
+
+    def update(self, k: int = 1):
+        self.n += k
+        if self.disable: return
+        print(f"{self.desc}: {self.n}/{self.total} [{time.time() - self.t0:.0f} s] {self.post}".rstrip(), file=sys.stderr,
+              flush=True)
+
+    def __iter__(self):
+        for x in self.iterable:
+            yield x
+            self.update()
+
+    def close(self): pass
+
+def progress_bar(iterable=None, total: int | None = None, initial: int = 0, desc: str = '', disable: bool = False):
+    "A progress bar: a widget in Jupyter, a bar on a terminal, one line per update in a log."
+    if _in_kernel() or sys.stderr.isatty():
+        from tqdm.auto import tqdm
+        return tqdm(iterable, total=total, initial=initial, desc=desc, leave=True, disable=disable)
+    return LineProgress(iterable, total, initial, desc, disable)
 
 # %% ../nbs/07_train.ipynb
 def lr_factor(cfg: RunConfig, epoch: float) -> float:
@@ -106,80 +141,10 @@ def persistence(x: np.ndarray) -> np.ndarray:
     return np.asarray(mask_future(x))[..., 0]
 
 # %% ../nbs/07_train.ipynb
-def run_name(cfg: RunConfig, seed: int) -> str:
-    return f"{cfg.monkey}-{cfg.phase if cfg.model == 'amag' else cfg.model}-seed{seed}"
-
-def atomic_save(obj, path: Path):
-    "`torch.save` (or JSON text for str) to a temporary file, then rename over `path`."
-    tmp = path.with_name(path.name + '.tmp')
-    if isinstance(obj, str): tmp.write_text(obj)
-    else: torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-def environment(device: torch.device) -> dict:
-    "Versions, device and commit recorded with every run."
-    return {'neurofc': neurofc.__version__, 'torch': torch.__version__, 'numpy': np.__version__, 'python': platform.python_version(),
-            'device': str(device), 'device_name': torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine(),
-            'threads': torch.get_num_threads(), 'git_commit': _git_commit()}
-
-RESUME_IGNORES = ('epochs', 'adaptor_chunk', 'checkpoint', 'encoder_tile', 'encoder_keep_mb', 'compile', 'cooldown_s', 'max_gpu_temp')   # budget, memory, speed
-
-def _config(run_dir: Path) -> RunConfig:
-    path = run_dir / 'config.json'
-    return RunConfig.from_dict(read_json(path, 'the configuration of a neurofc run'), str(path))
-
-def config_diff(run_dir: Path, cfg: RunConfig) -> dict:
-    "Fields (saved, requested) where `cfg` differs from the run's saved config, except budget, memory and speed."
-    return {k: (v, getattr(cfg, k)) for k, v in _config(run_dir).to_dict().items() if getattr(cfg, k) != v and k not in RESUME_IGNORES}
-
-def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, fingerprint: dict | None = None) -> str:
-    "Create `run_dir` ('new') or verify, writing nothing, that it may be resumed: 'resume', 'restart' (no checkpoint yet) or 'finished'."
-    if not (run_dir.exists() and any(run_dir.iterdir())):
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return 'new'
-    if not resume:
-        raise FileExistsError(f"Run directory {run_dir} already exists; pass resume=True to continue it from its last "
-                              f"checkpoint, or remove it / choose another runs_dir (neurofc never overwrites a run)")
-    diff = config_diff(run_dir, cfg)
-    if diff: raise ValueError(f"Cannot resume {run_dir}: its config differs in {diff} (saved, requested)")
-    if fingerprint is not None:
-        if not (run_dir / FINGERPRINT).exists():
-            raise ValueError(f"Cannot resume {run_dir}: expected its {FINGERPRINT}, found none (an older neurofc wrote it), so "
-                             f"its data and code cannot be verified; train a new run (another runs_dir or seed)")
-        diffs = fingerprint_diff(read_json(run_dir / FINGERPRINT, 'the fingerprint of a neurofc run'), fingerprint)
-        if diffs:
-            raise ValueError(f"Cannot resume {run_dir}: it was trained on other data or code than this call's:\n"
-                             + '\n'.join(f"  - {d}" for d in diffs) + "\nNothing in it was changed. To train on the present "
-                             "data and code, choose another runs_dir (or seed); to continue this run, restore the files "
-                             "(and the neurofc version) it was started with.")
-    if is_sealed(run_dir):
-        verify_seal(run_dir)
-        return 'finished'
-    return 'resume' if (run_dir / 'last.pt').exists() else 'restart'
-
-
-# %% ../nbs/07_train.ipynb
-def build_model(cfg: RunConfig, n_channels: int, n_sessions: int, n_features: int = 9, data: MonkeyData | None = None,
-                fast: bool = True, # the speed layer's exact form (`neurofc.fast`); False: the faithful model
-               ) -> nn.Module:
-    "The model `cfg.model`; `data` (training trials) initialises data-dependent parameters, omitted when weights are loaded."
-    if cfg.model not in MODELS: raise ValueError(f"Unknown model {cfg.model!r}; known models: {sorted(MODELS)}")
-    spec = MODELS[cfg.model]
-    m = spec.build(spec.kwargs(cfg, n_channels, n_sessions, n_features), data)
-    return accelerate(m, **cfg.speed_kwargs()) if fast else m
-
-# %% ../nbs/07_train.ipynb
 def _fast_opt(dev: torch.device) -> dict:
     "Fused optimiser kernels where this torch build has them (one kernel for all parameters), else foreach."
     version = tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2])
     return {'fused': True} if dev.type in ('cuda', 'cpu') and version >= (2, 4) else {'foreach': True}
-
-def _load(path: Path, device) -> dict:
-    "A checkpoint's content; a damaged file is an error naming it."
-    try: return torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise RuntimeError(f"{path}: expected a PyTorch checkpoint written by neurofc, found an unreadable file "
-                           f"({path.stat().st_size:,} bytes; {type(e).__name__}): it is damaged") from None
 
 def _thermal_pause(cfg: RunConfig, device: torch.device):
     "Sleep while NVML reports the GPU above `cfg.max_gpu_temp` (no-op without CUDA or NVML)."
@@ -205,6 +170,8 @@ def make_optimizer(cfg: RunConfig, params, **kw) -> torch.optim.Optimizer:
     opt_cls = torch.optim.AdamW if cfg.optimizer == 'adamw' else torch.optim.Adam
     return opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
 
+
+# %% ../nbs/07_train.ipynb
 class TrainStep:
     "One optimisation step of `cfg` on a device batch: augment, mix, forward, loss, backward, clip, step, EMA."
     def __init__(self, cfg: RunConfig, model: nn.Module, device: torch.device,
@@ -252,6 +219,115 @@ class TrainStep:
             if self.ema: self.ema.update(self.model)
         return loss.detach()
 
+
+# %% ../nbs/07_train.ipynb
+class Run:
+    "A run in training: its router, model, optimiser step, batcher and state, and the files it writes."
+    def __init__(self, cfg: RunConfig, data: MonkeyData, run_dir: Path, seed: int, dev: torch.device):
+        self.cfg, self.data, self.dir, self.seed, self.dev = cfg, data, run_dir, seed, dev
+        self.main = data.keys[0]
+        self.router = SessionRouter(data.keys).fit(data.train)
+        n_features = data.train[self.main].shape[-1]
+        self.model = build_model(cfg, data.n_channels, len(data.keys), n_features, data).to(dev)
+        self.step = TrainStep(cfg, self.model, dev, loss_weight(cfg, data, dev))
+        self.batcher = DeviceBatcher(data.train, cfg.batch, dev, seed=seed, stats=data.stats)
+        self.state = dict(epoch=0, best=math.inf, best_ema=math.inf, best_epoch=-1, best_ema_epoch=-1, history=[],
+                          snapshots=[], done=False, segment=0)      # segment: how many times the run was resumed
+
+    def write_start(self, fingerprint: dict):
+        "A new run's configuration, fingerprint, statistics and router."
+        self.cfg.to_json(self.dir / 'config.json')
+        atomic_save(json.dumps(fingerprint, indent=1), self.dir / FINGERPRINT)
+        atomic_save(json.dumps({k: s.to_dict() for k, s in self.data.stats.items()}), self.dir / 'stats.json')
+        atomic_save(json.dumps(self.router.state_dict()), self.dir / 'router.json')
+
+    def save(self):
+        "`last.pt`: weights, optimiser, EMA, batcher and RNG states, and the run's state."
+        opt, ema = self.step.opt, self.step.ema
+        ck = dict(model=self.model.state_dict(), opt=opt.state_dict() if opt else {}, ema=ema.state_dict() if ema else {},
+                  batcher=self.batcher.state_dict(), rng=torch.get_rng_state(), state=self.state)
+        if self.dev.type == 'cuda': ck['cuda_rng'] = torch.cuda.get_rng_state()
+        atomic_save(ck, self.dir / 'last.pt')
+
+    def resume(self) -> bool:
+        "Restore everything from `last.pt`; True when the run had already finished (killed before its seal)."
+        ck = load_checkpoint(self.dir / 'last.pt', self.dev)
+        self.model.load_state_dict(ck['model'])
+        if self.step.opt: self.step.opt.load_state_dict(ck['opt'])
+        if self.step.ema: self.step.ema.load_state_dict(ck['ema'])
+        self.batcher.load_state_dict(ck['batcher'])
+        torch.set_rng_state(ck['rng'].cpu())
+        if self.dev.type == 'cuda' and 'cuda_rng' in ck: torch.cuda.set_rng_state(ck['cuda_rng'].cpu())
+        self.state = ck['state']
+        if self.state['done'] and (self.dir / 'metrics.json').exists(): return True
+        self.state['segment'] = self.state.get('segment', 0) + 1
+        print(f"Resuming {self.dir.name} at epoch {self.state['epoch']}")
+        return False
+
+    def train_epoch(self, epoch: int) -> dict:
+        "One epoch of optimisation steps; its history row (the loss is read from the device once)."
+        cfg, n_steps = self.cfg, len(self.batcher)
+        self.model.train()
+        t0 = time.time()
+        total = torch.zeros((), device=self.dev)
+        for i, b in enumerate(self.batcher):
+            total += self.step(b, cfg.lr * lr_factor(cfg, epoch + i / n_steps))
+            if cfg.cooldown_s > 0: time.sleep(cfg.cooldown_s)
+            _thermal_pause(cfg, self.dev)
+        return dict(epoch=epoch, segment=self.state['segment'], train_loss=float(total) / n_steps,
+                    lr=cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9), seconds=time.time() - t0)
+
+    def score(self, m: nn.Module) -> dict:
+        "Validation scores of model `m` in raw units, per day and averaged."
+        f = Forecaster([m], self.data.stats, self.router, self.dev, use_session=self.cfg.session_embedding)
+        return score_sessions(f.predict, self.data.val, self.main)
+
+    def validate(self, epoch: int, row: dict):
+        "Score the weights (and the EMA weights) into `row`; keep the best of each as `best.pt` / `ema_best.pt`."
+        st, ema = self.state, self.step.ema
+        v = self.score(self.model)
+        row.update(val_same_day=v['same_day'], val_cross_date=v['cross_date'], val_total=v['total'])
+        if v['total'] < st['best']:
+            st['best'], st['best_epoch'] = v['total'], epoch
+            atomic_save(self.model.state_dict(), self.dir / 'best.pt')
+        if ema:
+            ve = self.score(ema.model)
+            row['val_ema_total'] = ve['total']
+            if ve['total'] < st['best_ema']:
+                st['best_ema'], st['best_ema_epoch'] = ve['total'], epoch
+                atomic_save(ema.state_dict(), self.dir / 'ema_best.pt')
+
+    def snapshot(self, epoch: int):
+        "Save the weights at a cosine cycle's end; only the last `cfg.snapshots` files are kept."
+        name = f"snapshot_{(epoch + 1) // self.cfg.t0 - 1}.pt"
+        atomic_save(self.model.state_dict(), self.dir / name)
+        self.state['snapshots'] = (self.state['snapshots'] + [name])[-self.cfg.snapshots:]
+        for old in self.dir.glob('snapshot_*.pt'):
+            if old.name not in self.state['snapshots']: old.unlink()
+
+    def end_epoch(self, epoch: int, row: dict) -> bool:
+        "Record `row`, save `last.pt` and the history; whether to stop early (`patience=0`: never)."
+        st, cfg = self.state, self.cfg
+        st['history'].append(row)
+        st['epoch'] = epoch + 1
+        last_improved = max(st['best_epoch'], st['best_ema_epoch'])
+        stop = cfg.patience > 0 and 'val_total' in row and epoch - last_improved >= cfg.patience
+        if stop: st['stopped_early'] = True
+        self.save()
+        write_history(self.dir / 'history.csv', st['history'])
+        return stop
+
+    def finish(self) -> dict:
+        "Score the members, write `metrics.json`, mark the run done and seal it (every file hashed and read-only)."
+        n_params = sum(p.numel() for p in self.model.parameters())
+        metrics = finish_run(self.cfg, self.data, self.dir, self.dev, self.state, self.seed, n_params)
+        self.state['done'] = True
+        self.save()
+        seal_run(self.dir)
+        return metrics
+
+
+# %% ../nbs/07_train.ipynb
 def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, device: str = 'auto',
         resume: bool = False, progress: bool = True, callback=None) -> dict:
     "Train `cfg` on `data` into `run_dir`; returns the final metrics (also in `metrics.json`)."
@@ -259,139 +335,80 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
     if cfg.train_limit: data = dataclasses.replace(data, train={k: v[:cfg.train_limit] for k, v in data.train.items()})
     fingerprint = run_fingerprint(data)
     status = prepare_run_dir(run_dir, cfg, resume, fingerprint)     # verifies an existing run before anything is written
-    if status == 'finished': return _finished(run_dir, cfg)
+    if status == 'finished': return finished_metrics(run_dir, cfg)
     seed_everything(seed)
     if dev.type == 'cuda': torch.backends.cudnn.benchmark = True
-    keys, main = data.keys, data.keys[0]
-    router = SessionRouter(keys).fit(data.train)
-    if status != 'resume':
-        cfg.to_json(run_dir / 'config.json')
-        atomic_save(json.dumps(fingerprint, indent=1), run_dir / FINGERPRINT)
-        atomic_save(json.dumps({k: s.to_dict() for k, s in data.stats.items()}), run_dir / 'stats.json')
-        atomic_save(json.dumps(router.state_dict()), run_dir / 'router.json')
-
-    model = build_model(cfg, data.n_channels, len(keys), data.train[main].shape[-1], data).to(dev)
-    step = TrainStep(cfg, model, dev, loss_weight(cfg, data, dev))
-    opt, ema = step.opt, step.ema
-    batcher = DeviceBatcher(data.train, cfg.batch, dev, seed=seed, stats=data.stats)
-    state = dict(epoch=0, best=math.inf, best_ema=math.inf, best_epoch=-1, best_ema_epoch=-1, history=[], snapshots=[], done=False,
-                 segment=0)                                   # segment: how many times the run was resumed
-    if status == 'resume':
-        ck = _load(run_dir / 'last.pt', dev)
-        model.load_state_dict(ck['model'])
-        if opt: opt.load_state_dict(ck['opt'])
-        if ema: ema.load_state_dict(ck['ema'])
-        batcher.load_state_dict(ck['batcher']); torch.set_rng_state(ck['rng'].cpu())
-        if dev.type == 'cuda' and 'cuda_rng' in ck: torch.cuda.set_rng_state(ck['cuda_rng'].cpu())
-        state = ck['state']
-        if state['done'] and (run_dir / 'metrics.json').exists():      # killed between its metrics and its seal
-            seal_run(run_dir)
-            return _finished(run_dir, cfg)
-        state['segment'] = state.get('segment', 0) + 1
-        print(f"Resuming {run_dir.name} at epoch {state['epoch']}")
-
-    def save_last():
-        ck = dict(model=model.state_dict(), opt=opt.state_dict() if opt else {}, ema=ema.state_dict() if ema else {},
-                  batcher=batcher.state_dict(), rng=torch.get_rng_state(), state=state)
-        if dev.type == 'cuda': ck['cuda_rng'] = torch.cuda.get_rng_state()
-        atomic_save(ck, run_dir / 'last.pt')
-
-    def validate(m):
-        return score_sessions(Forecaster([m], data.stats, router, dev, use_session=cfg.session_embedding).predict, data.val, main)
-
-    n_steps = len(batcher)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.epochs, initial=state['epoch'], desc=run_dir.name, leave=True)
-    for epoch in range(state['epoch'], cfg.epochs):
-        model.train(); t0 = time.time()
-        total = torch.zeros((), device=dev)
-        for i, b in enumerate(batcher):
-            total += step(b, cfg.lr * lr_factor(cfg, epoch + i / n_steps))
-            if cfg.cooldown_s > 0: time.sleep(cfg.cooldown_s)
-            _thermal_pause(cfg, dev)
-        row = dict(epoch=epoch, segment=state['segment'], train_loss=float(total) / n_steps, lr=cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9), seconds=time.time() - t0)
-        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
-            v = validate(model); row.update(val_same_day=v['same_day'], val_cross_date=v['cross_date'], val_total=v['total'])
-            if v['total'] < state['best']:
-                state['best'], state['best_epoch'] = v['total'], epoch
-                atomic_save(model.state_dict(), run_dir / 'best.pt')
-            if ema:
-                ve = validate(ema.model); row['val_ema_total'] = ve['total']
-                if ve['total'] < state['best_ema']:
-                    state['best_ema'], state['best_ema_epoch'] = ve['total'], epoch
-                    atomic_save(ema.state_dict(), run_dir / 'ema_best.pt')
-        if cfg.snapshots and is_cycle_end(cfg, epoch):
-            name = f"snapshot_{(epoch + 1) // cfg.t0 - 1}.pt"     # one file per cycle; only the last `snapshots` are kept
-            atomic_save(model.state_dict(), run_dir / name)
-            state['snapshots'] = (state['snapshots'] + [name])[-cfg.snapshots:]
-            for old in run_dir.glob('snapshot_*.pt'):
-                if old.name not in state['snapshots']: old.unlink()
-        state['history'].append(row); state['epoch'] = epoch + 1
-        last_improved = max(state['best_epoch'], state['best_ema_epoch'])
-        stop = cfg.patience > 0 and 'val_total' in row and epoch - last_improved >= cfg.patience   # 0: never stop early
-        if stop: state['stopped_early'] = True
-        save_last()
-        _write_history(run_dir / 'history.csv', state['history'])
+    run = Run(cfg, data, run_dir, seed, dev)
+    if status != 'resume': run.write_start(fingerprint)
+    elif run.resume():                                              # killed between its metrics and its seal
+        seal_run(run_dir)
+        return finished_metrics(run_dir, cfg)
+    bar = progress_bar(total=cfg.epochs, initial=run.state['epoch'], desc=run_dir.name) if progress else None
+    for epoch in range(run.state['epoch'], cfg.epochs):
+        row = run.train_epoch(epoch)
+        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs: run.validate(epoch, row)
+        if cfg.snapshots and is_cycle_end(cfg, epoch): run.snapshot(epoch)
+        stop = run.end_epoch(epoch, row)
         if bar:
-            bar.update(1); bar.set_postfix(loss=f"{row['train_loss']:.4f}", lr=f"{row['lr']:.2e}",
-                            **({'val': f"{state['best']:.4g}"} if math.isfinite(state['best']) else {}))   # none yet
+            best = run.state['best']
+            bar.set_postfix(loss=f"{row['train_loss']:.4f}", lr=f"{row['lr']:.2e}",
+                            **({'val': f"{best:.4g}"} if math.isfinite(best) else {}))   # none before the first
+            bar.update(1)
         if callback: callback(epoch, row)
         if stop: break
     if bar: bar.close()
-    metrics = finish_run(cfg, data, run_dir, dev, state, seed, sum(p.numel() for p in model.parameters()))
-    state['done'] = True; save_last()
-    seal_run(run_dir)                                           # finished: every file hashed and read-only
-    return metrics
+    return run.finish()
 
-def _finished(run_dir: Path, cfg: RunConfig) -> dict:
-    "The metrics of a finished run, which is read-only: asking for more epochs than it ran is an error."
-    m = read_json(run_dir / 'metrics.json', 'the metrics of a finished neurofc run')
-    if cfg.epochs > m['epochs_run'] and not m['stopped_early']:
-        raise ValueError(f"{run_dir} finished after {m['epochs_run']} epochs and a finished run is read-only: to train for "
-                         f"epochs={cfg.epochs}, start a new run (another runs_dir or seed)")
-    print(f"{run_dir} is finished; returning its metrics (nothing written)")
-    return m
-
-def _write_history(path: Path, rows: list[dict]):
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_name(path.name + '.tmp')
-    with open(tmp, 'w', newline='') as f:
-        w = csv.DictWriter(f, cols); w.writeheader(); w.writerows(rows)
-    os.replace(tmp, path)
 
 # %% ../nbs/07_train.ipynb
-def members_of(cfg: RunConfig, run_dir: Path) -> list[str]:
-    "Checkpoint files that `cfg.predictor` averages, among those present in `run_dir` (falls back to `best.pt`)."
-    names = []
-    for part in cfg.predictor.split('+'):
-        if part == 'snapshots': names += sorted(p.name for p in run_dir.glob('snapshot_*.pt'))
-        elif part == 'ema': names.append('ema_best.pt')
-        else: names.append('best.pt')
-    names = [n for n in names if (run_dir / n).exists()]
-    return names or ['best.pt']
+def stackable(cfg: RunConfig, device='cpu') -> bool:
+    "Whether `cfg`'s model can be vmapped over seeds on `device` (not with the fused Adaptor, nor with dropout's CPU masks)."
+    return cfg.model == 'amag' and not cfg.adaptor and (cfg.dropout == 0 or get_device(device).type != 'cpu')
 
-def load_run(run_dir: str | Path, device: str = 'cpu', members: list[str] | None = None,
-             verify: bool = True, # check a finished run's seal first (off only right after `resolve_runs` checked it)
-            ) -> Forecaster:
-    "The `Forecaster` of a finished or running run: its members' weights, statistics and router."
-    run_dir, dev = resolve_path(run_dir), get_device(device)
-    if not (run_dir / 'config.json').exists(): raise FileNotFoundError(f"{run_dir} is not a run directory: config.json is missing")
-    if verify and is_sealed(run_dir): verify_seal(run_dir)
-    cfg = _config(run_dir)
-    stats = {k: Stats.from_dict(v) for k, v in read_json(run_dir / 'stats.json', 'normalisation statistics').items()}
-    router = SessionRouter.from_state_dict(read_json(run_dir / 'router.json', 'a session router'))
-    members = members or members_of(cfg, run_dir)
-    C, Fe = next(iter(stats.values())).mean.shape
-    models = []
-    for name in members:
-        m = build_model(cfg, C, len(router.keys), Fe)
-        m.load_state_dict(_load(run_dir / name, dev)); models.append(m)
-    f = Forecaster(models, stats, router, dev, use_session=cfg.session_embedding)
-    f.members, f.cfg, f.run_dir = members, cfg, run_dir
-    return f
+class StackedStep:
+    "`TrainStep` for k models of one configuration at once: stacked parameters, a vmapped forward, per-seed clipping."
+    def __init__(self, cfg: RunConfig, models: list[nn.Module], device, weight: torch.Tensor | None = None):
+        if not stackable(cfg, device): raise ValueError(f"{cfg.phase}: a model with the fused Adaptor or dropout cannot be vmapped over seeds; train seeds one by one")
+        self.cfg, self.dev, self.k = cfg, torch.device(device), len(models)
+        self.base = copy.deepcopy(models[0]).to('meta')
+        accelerate(self.base, **{**cfg.speed_kwargs(), 'encoder_tile': 0})   # tiles cannot run under vmap
+        params, self.buffers = torch.func.stack_module_state(models)
+        self.names = list(params)
+        self.params = [params[n] for n in self.names]
+        self.opt = make_optimizer(cfg, self.params, foreach=True)
+        self.ema = [p.detach().clone() for p in self.params] if cfg.ema_decay > 0 else None
+        self.single = TrainStep(cfg, models[0], device, weight)     # its loss, augmentation and mixup settings
+        self.single.forward = self._functional
 
+    def _functional(self, x, session=None, **kw):
+        return torch.func.functional_call(self.base, (self._p, self._b), (x,), {'session': session, **kw})
+
+    def _loss(self, params, buffers, x, y, s):
+        self._p, self._b = dict(zip(self.names, params)), buffers
+        return self.single.loss(x, y, s)
+
+    def __call__(self, batches: list[Batch], lr: float) -> torch.Tensor:
+        "One step of every seed, seed i on `batches[i]`; returns the k losses."
+        cfg = self.cfg
+        xs, ys, ss = zip(*(self.single.inputs(b) for b in batches))
+        losses = torch.func.vmap(self._loss, in_dims=(0, 0, 0, 0, 0), randomness='different')(
+            self.params, self.buffers, torch.stack(xs), torch.stack(ys), torch.stack(ss))
+        for g in self.opt.param_groups: g['lr'] = lr
+        self.opt.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        if cfg.grad_clip > 0:
+            norms = torch.stack([p.grad.reshape(self.k, -1).pow(2).sum(1) for p in self.params]).sum(0).sqrt()   # (k,)
+            coef = (cfg.grad_clip / (norms + 1e-6)).clamp(max=1.0)
+            for p in self.params: p.grad.mul_(coef.view(-1, *[1] * (p.ndim - 1)))
+        self.opt.step()
+        if self.ema: torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1 - cfg.ema_decay)
+        return losses.detach()
+
+    def state(self, i: int) -> dict:
+        "Seed i's weights as a state dict."
+        return {**{n: p[i].detach() for n, p in zip(self.names, self.params)}, **{n: b[i] for n, b in self.buffers.items()}}
+
+# %% ../nbs/07_train.ipynb
 def finish_run(cfg, data, run_dir, dev, state, seed, n_params) -> dict:
     "Score every member and the configured predictor on validation; write `metrics.json`."
     main = data.keys[0]
@@ -431,3 +448,4 @@ def train_seeds(cfg: RunConfig, data_dir: str | Path, seeds=(42,), runs_dir: str
         fit(cfg, data, d, seed, device, resume, progress)
         dirs.append(d)
     return dirs
+

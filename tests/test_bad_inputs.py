@@ -13,14 +13,14 @@ from neurofc.cli import main
 from neurofc.config import phase_config
 from neurofc.data import get_monkey, load_monkey, load_npz, mask_future, save_npz, session_path
 from neurofc.evaluate import evaluate
-from neurofc.fixtures import synthetic_dir
+from neurofc.fixtures import synthetic_dir, tiny_config
 from neurofc.infer import Model
 from neurofc.submission import export_submission, run_ingestion
-from neurofc.train import load_run, train_seeds
+from neurofc.runs import load_run
+from neurofc.train import train_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN, P1 = 'train_data_beignet.npz', 'train_data_beignet_2022-06-01_private.npz'
-QUICK = dict(quick=True, epochs=1, train_limit=8)
 
 
 def _state(*roots) -> dict:
@@ -41,7 +41,7 @@ def w(tmp_path_factory):
     shutil.copytree(synthetic_dir('beignet'), data)
     with contextlib.redirect_stdout(io.StringIO()):
         runs = train_seeds(
-            phase_config('paper', 'beignet', model='persistence', **QUICK),
+            tiny_config(model='persistence', epochs=1, train_limit=8),
             data,
             0,
             root / 'runs',
@@ -81,7 +81,7 @@ def _x(w, n=6, fname=MAIN):
 
 
 def _train(w, data_dir, **kw):
-    cfg = phase_config('paper', 'beignet', model='persistence', **{**QUICK, **kw.pop('cfg', {})})
+    cfg = tiny_config(model='persistence', **{'epochs': 1, 'train_limit': 8, **kw.pop('cfg', {})})
     with contextlib.redirect_stdout(io.StringIO()):
         return train_seeds(
             cfg,
@@ -471,13 +471,13 @@ CASES = [
         'model-rank',
         lambda w: lambda: _model(w, np.zeros((20, 89, 9), np.float32)),
         ValueError,
-        ['expects an array of rank 4 (N, 20, 89, 9), found rank 3'],
+        ["Model('beignet').predict input: expected 4 dimensions (N, 20, C, 9), found 3 with shape (20, 89, 9)"],
     ),
     (
         'model-dtype',
         lambda w: lambda: _model(w, np.zeros((2, 20, 89, 9), str)),
         TypeError,
-        ['expects a numeric array, found dtype <U'],
+        ['expected a numeric array, found dtype <U'],
     ),
     (
         'model-unknown-monkey',

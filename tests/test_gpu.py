@@ -9,9 +9,11 @@ import torch
 from neurofc.config import phase_config
 from neurofc.core import get_device, seed_everything
 from neurofc.data import DeviceBatcher, get_monkey, load_npz, session_path
-from neurofc.fixtures import TINY, quick_runs, synthetic_dir, tiny_data
+from neurofc.fixtures import quick_runs, synthetic_dir, tiny_config, tiny_data
 from neurofc.submission import export_submission, load_model_file
-from neurofc.train import TrainStep, _fast_opt, _thermal_pause, build_model, fit, load_run, loss_weight
+from neurofc.config import build_model
+from neurofc.runs import load_run
+from neurofc.train import TrainStep, _fast_opt, _thermal_pause, fit, loss_weight
 
 DEV = torch.device('cuda')
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
@@ -92,7 +94,7 @@ def test_device_batcher_matches_cpu(data):
 @pytest.mark.parametrize('phase', ['paper', 'compete'])
 def test_fit_on_cuda_with_amp(data, tmp_path, phase):
     "A tiny `fit` on the GPU under bf16 autocast (the default amp=True) finishes with finite metrics."
-    cfg = phase_config(phase, 'beignet', quick=True, **TINY)
+    cfg = tiny_config(phase)
     assert cfg.amp
     bench = torch.backends.cudnn.benchmark
     try:
@@ -112,7 +114,7 @@ def test_fit_resume_on_cuda(data, tmp_path):
     "A GPU run interrupted after an epoch resumes from last.pt on the GPU (batcher's and CUDA's generators)."
     class Stop(Exception): pass
     def stop(epoch, row): raise Stop
-    cfg = phase_config('compete', 'beignet', quick=True, **TINY)
+    cfg = tiny_config('compete')
     with pytest.raises(Stop):
         fit(cfg, data, tmp_path / 'run', seed=0, device=str(DEV), progress=False, callback=stop)
     with contextlib.redirect_stdout(io.StringIO()) as out:
@@ -122,7 +124,7 @@ def test_fit_resume_on_cuda(data, tmp_path):
 
 
 def _step_setup(data, **kw):
-    cfg = phase_config('paper', 'beignet', quick=True, **{**TINY, **kw})    # fused Adaptor, no augmentation
+    cfg = tiny_config('paper', **kw)    # fused Adaptor, no augmentation
     torch.manual_seed(0)
     model = build_model(cfg, data.n_channels, len(data.keys), 9, data)
     batch = next(iter(DeviceBatcher(data.train, 8, 'cpu', shuffle=False, stats=data.stats)))

@@ -10,6 +10,7 @@ import torch
 import neurofc.train
 from neurofc.cli import main
 from neurofc.config import phase_config
+from neurofc.fixtures import tiny_config
 from neurofc.data import get_monkey, load_npz, mask_future, save_npz, session_path
 from neurofc.evaluate import evaluate
 from neurofc.infer import MANIFEST
@@ -19,7 +20,6 @@ from neurofc.synthetic import ensure_synthetic
 from neurofc.train import train_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(quick=True, epochs=1, t0=1, warmup=0, train_limit=8, hidden=8, d_ff=16, heads=2, channel_heads=2, batch_size=8)
 
 
 @pytest.fixture(scope='module')
@@ -30,9 +30,9 @@ def world(tmp_path_factory):
     data = ensure_synthetic(w / 'data', 'affi'); ensure_synthetic(w / 'data', 'beignet')
     def train(cfg, seeds): return train_seeds(cfg, data, seeds, w / 'runs', 'cpu', progress=False)
     with contextlib.redirect_stdout(io.StringIO()):
-        runs = {'affi-gru': train(phase_config('paper', 'affi', model='gru', quick=True, epochs=1, train_limit=16, hidden=16), [1, 2]),
+        runs = {'affi-gru': train(tiny_config(monkey='affi', model='gru', epochs=1, train_limit=16), [1, 2]),
                 'affi-ridge': train(phase_config('paper', 'affi', model='ridge'), [1]),
-                'beignet-compete': train(phase_config('compete', 'beignet', **TINY), [1, 2]),
+                'beignet-compete': train(tiny_config('compete', epochs=1), [1, 2]),
                 'beignet-persistence': train(phase_config('paper', 'beignet', model='persistence'), [1])}
     return types.SimpleNamespace(dir=w, data=data, runs=runs)
 
