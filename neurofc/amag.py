@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 
-from .core import mask_future, T_CONTEXT, T_TOTAL, N_FEATURES
+from .core import mask_future, check_array, T_CONTEXT, T_TOTAL, N_FEATURES
 from .revin import RevIN
 
 # %% auto 0
@@ -110,21 +110,31 @@ class TemporalEncoder(nn.Module):
         return self.encoder(self.embed(seqs) + self.pe[:T]).view(B, C, T, -1)
 
 # %% ../nbs/04_amag.ipynb
-def correlation_adjacency(lmp: Tensor | np.ndarray, # training LMP `(N, T, C)` (or trials `(N, T, C, F)`: feature 0)
-                         ) -> Tensor:
-    "Pearson correlation `(C, C)` between channels over all trials and bins; 0 for constant channels, 1 on the diagonal."
-    a = (lmp.detach().to('cpu', torch.float64) if isinstance(lmp, Tensor)
-         else torch.as_tensor(np.asarray(lmp, dtype=np.float64)))
-    if a.ndim == 4: a = a[..., 0]
+def correlation_adjacency(
+    lmp: Tensor | np.ndarray,  # training LMP `(N, T, C)` (or trials `(N, T, C, F)`: feature 0)
+) -> Tensor:
+    """Pearson correlation `(C, C)` between channels over all trials and bins; 0 for constant channels, 1 on
+    the diagonal."""
+    a = (
+        lmp.detach().to('cpu', torch.float64)
+        if isinstance(lmp, Tensor)
+        else torch.as_tensor(np.asarray(lmp, dtype=np.float64))
+    )
+    if a.ndim == 4:
+        a = a[..., 0]
     if a.ndim != 3:
-        raise ValueError(f"correlation_adjacency expects LMP of rank 3 (N, T, C) or 4 (N, T, C, F), found rank "
-                         f"{a.ndim} with shape {tuple(a.shape)}")
+        raise ValueError(
+            "correlation_adjacency expects LMP of rank 3 (N, T, C) or 4 (N, T, C, F), found rank "
+            f"{a.ndim} with shape {tuple(a.shape)}"
+        )
     if not torch.isfinite(a).all():
-        raise ValueError(f"correlation_adjacency: LMP holds {int((~torch.isfinite(a)).sum())} non-finite values")
+        raise ValueError(
+            f"correlation_adjacency: LMP holds {int((~torch.isfinite(a)).sum())} non-finite values"
+        )
     x = a.reshape(-1, a.shape[-1])
     x = x - x.mean(0)
     sd = x.pow(2).sum(0).sqrt()
-    ok = sd > 1e-12 * max(sd.max().item(), 1e-300)      # constant channels have (numerically) zero spread
+    ok = sd > 1e-12 * max(sd.max().item(), 1e-300)  # constant channels have (numerically) zero spread
     sd = torch.where(ok, sd, torch.ones_like(sd))
     corr = (x.T @ x) / (sd[:, None] * sd[None, :])
     corr = torch.where(ok[:, None] & ok[None, :], corr, torch.zeros_like(corr)).clamp(-1, 1)
@@ -135,13 +145,15 @@ def correlation_adjacency(lmp: Tensor | np.ndarray, # training LMP `(N, T, C)` (
 ADAPTOR_WIDTHS = (128, 256, 64)   # hidden widths of the Adaptor MLP (Li et al. 2023, app. B.3)
 
 class Adaptor(nn.Module):
-    "Sample-dependent edge gates $S^{(u,v)} = \\sigma(\\mathrm{MLP}([H^{(u)}, H^{(v)}]))$ for every ordered channel pair."
+    """Sample-dependent edge gates $S^{(u,v)} = \\sigma(\\mathrm{MLP}([H^{(u)}, H^{(v)}]))$ for every ordered
+    channel pair."""
     def __init__(self,
                  d_in: int,                                # width of one channel's flattened history H (T·d)
                  widths: tuple[int, ...] = ADAPTOR_WIDTHS, # hidden widths; the input is 2·d_in, the output 1
                 ):
         super().__init__()
-        if len(widths) != 3: raise ValueError(f"the Adaptor has 3 hidden layers (the paper's), found widths {widths}")
+        if len(widths) != 3:
+            raise ValueError(f"the Adaptor has 3 hidden layers (the paper's), found widths {widths}")
         dims = (2 * d_in, *widths, 1)
         self.d_in = d_in
         self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
@@ -168,7 +180,8 @@ class SpatialInteraction(nn.Module):
                  d: int = 64,                      # hidden width
                  adaptor: bool = True,             # gate Add's edges per sample
                  modulator: bool = True,           # multiplicative messages
-                 adj_init: Tensor | None = None,   # (C, C) initial A_a and A_m (`correlation_adjacency`); None: N(0, 1/C)
+                 # (C, C) initial A_a and A_m (`correlation_adjacency`); None: N(0, 1/C)
+                 adj_init: Tensor | None = None,
                  n_steps: int = T_TOTAL,           # T, bins in a trial (the Adaptor sees all of them)
                 ):
         super().__init__()
@@ -199,11 +212,16 @@ class SpatialInteraction(nn.Module):
 
 # %% ../nbs/04_amag.ipynb
 class ChannelAttention(nn.Module):
-    "Pre-norm multi-head self-attention across channels at each bin, residual; `(B, C, T, d) -> (B, C, T, d)`."
+    """Pre-norm multi-head self-attention across channels at each bin, residual; `(B, C, T, d) -> (B, C, T,
+    d)`."""
     def __init__(self, d: int, heads: int = 4, dropout: float = 0.0):
         super().__init__()
         check_heads(d, heads, 'channel attention')
-        self.norm, self.attn, self.drop = nn.LayerNorm(d), SelfAttention(d, heads, dropout), nn.Dropout(dropout)
+        self.norm, self.attn, self.drop = (
+            nn.LayerNorm(d),
+            SelfAttention(d, heads, dropout),
+            nn.Dropout(dropout),
+        )
 
     def forward(self, z: Tensor) -> Tensor:
         B, C, T, d = z.shape
@@ -254,7 +272,8 @@ def check_session(session, batch: int, device) -> Tensor | None:
     if session.ndim == 0: session = session.expand(batch)
     if session.is_floating_point() or session.is_complex() or session.dtype == torch.bool:
         raise TypeError(f"session ids must be integers, found dtype {session.dtype}")
-    if tuple(session.shape) != (batch,): raise ValueError(f"session must have shape ({batch},), found {tuple(session.shape)}")
+    if tuple(session.shape) != (batch,):
+        raise ValueError(f"session must have shape ({batch},), found {tuple(session.shape)}")
     return session
 
 # %% ../nbs/04_amag.ipynb
@@ -276,7 +295,7 @@ class AMAG(nn.Module):
                  channel_heads: int = 4,               # heads of the channel attention
                  session_embedding: bool = False,      # learnable per-session vector added after TE
                  revin: bool = False,                  # context-only reversible instance normalisation
-                 adj_init: Tensor | None = None,       # (C, C) initial adjacency, e.g. `correlation_adjacency`
+                 adj_init: Tensor | None = None,  # (C, C) initial adjacency, e.g. `correlation_adjacency`
                 ):
         super().__init__()
         if n_channels < 1: raise ValueError(f"n_channels must be positive, found {n_channels}")
@@ -290,22 +309,13 @@ class AMAG(nn.Module):
         self.ca = ChannelAttention(hidden, channel_heads, dropout) if channel_attention else None
         self.tr = TemporalReadout(hidden, heads, layers, d_ff, dropout)
 
-    def _check(self, x):
-        if not isinstance(x, Tensor): raise TypeError(f"AMAG expects a torch.Tensor, found {type(x).__name__}")
-        if x.ndim != 4:
-            raise ValueError(f"AMAG expects x of rank 4 (B, {T_TOTAL}, C, F), found rank {x.ndim} with shape {tuple(x.shape)}")
-        B, T, C, Fe = x.shape
-        for axis, want, found, what in ((1, T_TOTAL, T, 'time bins'), (2, self.n_channels, C, 'channels'),
-                                        (3, self.n_features, Fe, 'features')):
-            if found != want:
-                raise ValueError(f"AMAG expects {want} {what} on axis {axis}, found {found} (shape {tuple(x.shape)})")
-        if not x.is_floating_point(): raise TypeError(f"AMAG expects a floating-point input, found dtype {x.dtype}")
-
     def forward(self, x: Tensor,                    # (B, 20, C, F); bins 10-19 are ignored (masked here)
                 session: Tensor | None = None,      # (B,) session ids; None or unknown ids: mean embedding
                 return_hidden: bool = False,        # also return TE states (B, 20, C, hidden)
                ) -> Tensor | tuple[Tensor, Tensor]:
-        self._check(x)
+        if not isinstance(x, Tensor):
+            raise TypeError(f"AMAG expects a torch.Tensor, found {type(x).__name__}")
+        check_array(x, self.n_channels, 'AMAG input', self.n_features, finite=False)   # shapes only
         session = check_session(session, len(x), x.device)
         x = mask_future(x)                           # defence in depth: the future can never reach the output
         ctx = x[:, :T_CONTEXT, :, 0]

@@ -28,11 +28,27 @@ __all__ = ['REFERENCE', 'TARGETS', 'CONFIGS', 'RSS_LIMIT_GB', 'FLOP_TARGET', 'cp
            'run', 'table', 'seeds_table', 'write_report', 'main']
 
 # %% ../nbs/12_bench.ipynb
-REFERENCE = {  # (phase, monkey): (s/epoch, batches/epoch, peak RSS) of the reference implementation, 2-core EPYC, torch 2.13 CPU
-    ('paper', 'affi'): (2854.0, 65, '2.2–2.5 GB'), ('paper', 'beignet'): (325.0, 24, '1.8 GB'),
-    ('reference', 'affi'): (135.0, 65, '2.6 GB'), ('reference', 'beignet'): (38.0, 24, '1.7 GB')}
-TARGETS = {('paper', 'affi'): 10.0, ('paper', 'beignet'): 10.0, ('reference', 'affi'): 3.0, ('reference', 'beignet'): 3.0}
-CONFIGS = (('paper', 'affi'), ('paper', 'beignet'), ('reference', 'affi'), ('reference', 'beignet'), ('compete', 'affi'))
+# (phase, monkey): (s/epoch, batches/epoch, peak RSS) of the reference implementation,
+# 2-core EPYC, torch 2.13 CPU
+REFERENCE = {
+    ('paper', 'affi'): (2854.0, 65, '2.2–2.5 GB'),
+    ('paper', 'beignet'): (325.0, 24, '1.8 GB'),
+    ('reference', 'affi'): (135.0, 65, '2.6 GB'),
+    ('reference', 'beignet'): (38.0, 24, '1.7 GB'),
+}
+TARGETS = {
+    ('paper', 'affi'): 10.0,
+    ('paper', 'beignet'): 10.0,
+    ('reference', 'affi'): 3.0,
+    ('reference', 'beignet'): 3.0,
+}
+CONFIGS = (
+    ('paper', 'affi'),
+    ('paper', 'beignet'),
+    ('reference', 'affi'),
+    ('reference', 'beignet'),
+    ('compete', 'affi'),
+)
 RSS_LIMIT_GB = 1.5
 FLOP_TARGET = 0.40   # `compete`: achieved FLOP/s as a fraction of the matmul rate
 
@@ -51,33 +67,55 @@ def cpu_model() -> str:
 def machine_info(device: str | torch.device = 'cpu') -> dict:
     "Device, CPU model, cores, torch threads and versions."
     dev = get_device(device)
-    return {'device': str(dev), 'device_name': torch.cuda.get_device_name(dev) if dev.type == 'cuda' else cpu_model(),
-            'cpu': cpu_model(), 'cores': os.cpu_count(), 'threads': torch.get_num_threads(), 'torch': torch.__version__,
-            'neurofc': neurofc.__version__, 'python': platform.python_version()}
+    return {
+        'device': str(dev),
+        'device_name': torch.cuda.get_device_name(dev) if dev.type == 'cuda' else cpu_model(),
+        'cpu': cpu_model(),
+        'cores': os.cpu_count(),
+        'threads': torch.get_num_threads(),
+        'torch': torch.__version__,
+        'neurofc': neurofc.__version__,
+        'python': platform.python_version(),
+    }
 
 def matmul_rate(device: str | torch.device = 'cpu', n: int = 2048, reps: int = 7, dtype=None) -> float:
     "Median GFLOP/s of an `n`×`n` matrix product on `device` (float32; bf16 on CUDA unless `dtype` is given)."
     dev = get_device(device)
     dtype = dtype or (torch.bfloat16 if dev.type == 'cuda' else torch.float32)
     a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
-    a @ b; _sync(dev)
+    a @ b
+    _sync(dev)
     ts = []
     for _ in range(reps):
-        t = time.perf_counter(); a @ b; _sync(dev); ts.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        a @ b
+        _sync(dev)
+        ts.append(time.perf_counter() - t)
     return 2 * n ** 3 / statistics.median(ts) / 1e9
 
 # %% ../nbs/12_bench.ipynb
 class HostBatcher:
-    "Plain-path batches: per-sample Python on the host (gather, normalise, mask, augment), then a copy to the device."
-    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, device, cfg: RunConfig | None = None, seed: int = 0,
-                 stats: dict[str, Stats] | None = None):   # as `DeviceBatcher`: raw arrays with their sessions' statistics
+    """Plain-path batches: per-sample Python on the host (gather, normalise, mask, augment), then a copy to
+    the device."""
+    def __init__(
+        self,
+        arrays: dict[str, np.ndarray],
+        batch_size: int,
+        device,
+        cfg: RunConfig | None = None,
+        seed: int = 0,
+        stats: dict[str, Stats] | None = None,
+    ):  # as `DeviceBatcher`: raw arrays with their sessions' statistics
         self.x = np.concatenate([np.asarray(a, np.float32) for a in arrays.values()])
-        self.session = torch.cat([torch.full((len(a),), i, dtype=torch.long) for i, a in enumerate(arrays.values())])
+        self.session = torch.cat(
+            [torch.full((len(a),), i, dtype=torch.long) for i, a in enumerate(arrays.values())]
+        )
         self.stats = None if stats is None else [stats[k] for k in arrays]
         self.batch_size, self.device, self.cfg = batch_size, torch.device(device), cfg
         self.augment = cfg is not None and augments(cfg)
-        self.gen = torch.Generator().manual_seed(seed)                    # augmentation draws, on the host
-        self.order = torch.Generator(device=self.device).manual_seed(seed)  # the order: `DeviceBatcher`'s, on any device
+        self.gen = torch.Generator().manual_seed(seed)  # augmentation draws, on the host
+        # the order: `DeviceBatcher`'s, on any device
+        self.order = torch.Generator(device=self.device).manual_seed(seed)
 
     def __len__(self) -> int: return -(-len(self.x) // self.batch_size)
 
@@ -88,11 +126,18 @@ class HostBatcher:
             xs, ys = [], []
             for j in idx.tolist():
                 trial = self.x[j:j + 1]
-                full = torch.from_numpy(trial if self.stats is None else normalize(trial, self.stats[int(self.session[j])]))
+                full = torch.from_numpy(
+                    trial if self.stats is None else normalize(trial, self.stats[int(self.session[j])])
+                )
                 x, y = mask_future(full), full[..., 0]
                 if self.augment: x, y = augment(x, y, self.cfg, self.gen)
-                xs.append(x); ys.append(y)
-            yield Batch(torch.cat(xs).to(self.device), torch.cat(ys).to(self.device), self.session[idx].to(self.device))
+                xs.append(x)
+                ys.append(y)
+            yield Batch(
+                torch.cat(xs).to(self.device),
+                torch.cat(ys).to(self.device),
+                self.session[idx].to(self.device),
+            )
 
 # %% ../nbs/12_bench.ipynb
 def bench_config(phase: str, monkey: str, quick: bool = False) -> RunConfig:
@@ -100,8 +145,15 @@ def bench_config(phase: str, monkey: str, quick: bool = False) -> RunConfig:
     return phase_config(phase, monkey, quick=True, batch_size=8) if quick else phase_config(phase, monkey)
 
 def bench_data(cfg: RunConfig) -> MonkeyData:
-    "The simulator's data for `cfg.monkey` at the real shapes (written once under `data/synthetic/`), split as `fit` splits it."
-    d = load_monkey(ensure_synthetic(resolve_path('data'), cfg.monkey), cfg.monkey, cfg.val_frac, cfg.cross_val_frac, cfg.split_seed)
+    """The simulator's data for `cfg.monkey` at the real shapes (written once under `data/synthetic/`), split
+    as `fit` splits it."""
+    d = load_monkey(
+        ensure_synthetic(resolve_path('data'), cfg.monkey),
+        cfg.monkey,
+        cfg.val_frac,
+        cfg.cross_val_frac,
+        cfg.split_seed,
+    )
     if cfg.train_limit:
         d.train = {k: v[:cfg.train_limit] for k, v in d.train.items()}
         d.val = {k: v[:cfg.train_limit] for k, v in d.val.items()}
@@ -119,11 +171,22 @@ def build_pair(cfg: RunConfig, data: MonkeyData, device, seed: int = 0) -> tuple
 def _rel(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max((x - y).abs().max().item() / max(y.abs().max().item(), 1e-30) for x, y in zip(a, b))
 
-def guard(cfg: RunConfig, data: MonkeyData, device='cpu', tol: float = 1e-9, dtype=torch.float64, batch: int = 4) -> dict:
-    "Optimized vs plain path on one batch of `batch` trials: relative max differences of forecasts, gradients and stepped parameters."
+def guard(
+    cfg: RunConfig, data: MonkeyData, device='cpu', tol: float = 1e-9, dtype=torch.float64, batch: int = 4
+) -> dict:
+    """Optimized vs plain path on one batch of `batch` trials: relative max differences of forecasts,
+    gradients and stepped parameters."""
     dev = get_device(device)
-    cfg = cfg.replace(jitter=0.0, scale_aug=0.0, channel_dropout=0.0, phase_aug=0.0, mixup_alpha=0.0, dropout=0.0,
-                      amp=False, batch_size=batch)
+    cfg = cfg.replace(
+        jitter=0.0,
+        scale_aug=0.0,
+        channel_dropout=0.0,
+        phase_aug=0.0,
+        mixup_alpha=0.0,
+        dropout=0.0,
+        amp=False,
+        batch_size=batch,
+    )
     fast, plain = (m.to(dtype) for m in build_pair(cfg, data, dev))
     b = next(iter(DeviceBatcher(data.train, cfg.batch, dev, seed=0, stats=data.stats)))
     hb = next(iter(HostBatcher(data.train, cfg.batch, dev, seed=0, stats=data.stats)))
@@ -134,22 +197,31 @@ def guard(cfg: RunConfig, data: MonkeyData, device='cpu', tol: float = 1e-9, dty
     for name, model, batch, fused in (('fast', fast, b, True), ('plain', plain, hb, False)):
         step = TrainStep(cfg, model, dev, None if w is None else w.to(dtype), fused=fused)
         torch.manual_seed(1)
-        with torch.no_grad(): out[name] = [model(batch.x, session=batch.session if cfg.session_embedding else None)]
+        with torch.no_grad():
+            out[name] = [model(batch.x, session=batch.session if cfg.session_embedding else None)]
         torch.manual_seed(2)
         loss = step.loss(batch.x, batch.y, batch.session)
         grads[name] = list(torch.autograd.grad(loss, step.params))
         torch.manual_seed(2)
         step(batch, cfg.lr)
         params[name] = [p.detach().clone() for p in step.params]
-    res = {'batch': batch_diff, 'forecast': _rel(out['fast'], out['plain']),
-           'gradients': _rel(grads['fast'], grads['plain']), 'step': _rel(params['fast'], params['plain'])}
+    res = {
+        'batch': batch_diff,
+        'forecast': _rel(out['fast'], out['plain']),
+        'gradients': _rel(grads['fast'], grads['plain']),
+        'step': _rel(params['fast'], params['plain']),
+    }
     bad = {k: v for k, v in res.items() if not v <= tol}
-    if bad: raise AssertionError(f"{cfg.phase}/{cfg.monkey}: the optimized path differs from the plain one beyond {tol:g}: {bad}")
+    if bad:
+        raise AssertionError(
+            f"{cfg.phase}/{cfg.monkey}: the optimized path differs from the plain one beyond {tol:g}: {bad}"
+        )
     return res
 
 # %% ../nbs/12_bench.ipynb
 class FlopCount(TorchDispatchMode):
-    "Total FLOPs of the operators run inside, by `torch.utils.flop_counter`'s formulas (its `FlopCounterMode` also tracks modules, which breaks `autograd.grad` inside a backward pass)."
+    """Total FLOPs of the operators run inside, by `torch.utils.flop_counter`'s formulas (its
+    `FlopCounterMode` also tracks modules, which breaks `autograd.grad` inside a backward pass)."""
     def __init__(self):
         super().__init__()
         self.total = 0
@@ -164,20 +236,27 @@ class FlopCount(TorchDispatchMode):
 # %% ../nbs/12_bench.ipynb
 def _peak_gb(dev: torch.device) -> float:
     if dev.type == 'cuda': return torch.cuda.max_memory_allocated(dev) / 1e9
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    kb = (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    )
     return kb * (1 if sys.platform == 'darwin' else 1024) / 1e9
 
 def measure(phase: str, monkey: str, path: str = 'optimized', device='cpu', warmup: int = 1, timed: int = 3,
             quick: bool = False, full_epoch: bool = False) -> dict:
-    "Time `path` ('optimized' or 'plain') of `phase` on `monkey`: per-batch seconds, FLOPs per step, validation, memory."
-    if path not in ('optimized', 'plain'): raise ValueError(f"Unknown path {path!r}; expected 'optimized' or 'plain'")
+    """Time `path` ('optimized' or 'plain') of `phase` on `monkey`: per-batch seconds, FLOPs per step,
+    validation, memory."""
+    if path not in ('optimized', 'plain'):
+        raise ValueError(f"Unknown path {path!r}; expected 'optimized' or 'plain'")
     dev = get_device(device)
     cfg = bench_config(phase, monkey, quick)
     data = bench_data(cfg)
     fast, plain = build_pair(cfg, data, dev)
     model = fast if path == 'optimized' else plain
     del fast, plain
-    step = TrainStep(cfg, model, dev, loss_weight(cfg, data, dev), augment=path == 'optimized', fused=path == 'optimized')
+    step = TrainStep(
+        cfg, model, dev, loss_weight(cfg, data, dev), augment=path == 'optimized', fused=path == 'optimized'
+    )
     batcher = (DeviceBatcher(data.train, cfg.batch, dev, seed=0, stats=data.stats) if path == 'optimized' else
                HostBatcher(data.train, cfg.batch, dev, cfg, seed=0, stats=data.stats))
     def batches():
@@ -185,34 +264,56 @@ def measure(phase: str, monkey: str, path: str = 'optimized', device='cpu', warm
     it, times = batches(), []
     for _ in range(warmup + timed):
         t = time.perf_counter()
-        step(next(it), cfg.lr); _sync(dev)
+        step(next(it), cfg.lr)
+        _sync(dev)
         times.append(time.perf_counter() - t)
     peak_train = _peak_gb(dev)
     router = SessionRouter(data.keys).fit(data.train)
     t = time.perf_counter()
-    score_sessions(Forecaster([model], data.stats, router, dev, use_session=cfg.session_embedding).predict, data.val, data.keys[0])
-    _sync(dev); val_s = time.perf_counter() - t
+    score_sessions(
+        Forecaster([model], data.stats, router, dev, use_session=cfg.session_embedding).predict,
+        data.val,
+        data.keys[0],
+    )
+    _sync(dev)
+    val_s = time.perf_counter() - t
     epoch_s = None
     if full_epoch:
         t = time.perf_counter()
         for b in batcher: step(b, cfg.lr)
-        _sync(dev); epoch_s = time.perf_counter() - t
+        _sync(dev)
+        epoch_s = time.perf_counter() - t
     peak = _peak_gb(dev)
     with FlopCount() as fc:                         # last: counting slows the step down
         step(next(it), cfg.lr)
-    return dict(phase=phase, monkey=monkey, path=path, batch=cfg.batch, batches_per_epoch=len(batcher),
-                s_per_batch=times[warmup:], flops_per_step=float(fc.total), val_s=val_s,
-                val_passes=2 if cfg.ema_decay > 0 else 1, val_every=cfg.val_every, full_epoch_s=epoch_s, peak_gb=peak, peak_train_gb=peak_train)
+    return dict(
+        phase=phase,
+        monkey=monkey,
+        path=path,
+        batch=cfg.batch,
+        batches_per_epoch=len(batcher),
+        s_per_batch=times[warmup:],
+        flops_per_step=float(fc.total),
+        val_s=val_s,
+        val_passes=2 if cfg.ema_decay > 0 else 1,
+        val_every=cfg.val_every,
+        full_epoch_s=epoch_s,
+        peak_gb=peak,
+        peak_train_gb=peak_train,
+    )
 
 # %% ../nbs/12_bench.ipynb
-def measure_seeds(phase: str, monkey: str, k: int = 3, device='cpu', timed: int = 3, quick: bool = False) -> dict:
+def measure_seeds(
+    phase: str, monkey: str, k: int = 3, device='cpu', timed: int = 3, quick: bool = False
+) -> dict:
     "Seconds per batch-step of `k` seeds stacked vs one after another (`stackable` configurations)."
     dev = get_device(device)
     cfg = bench_config(phase, monkey, quick)
     data = bench_data(cfg)
     models = []
     for s in range(k):
-        seed_everything(s); models.append(build_model(cfg, data.n_channels, len(data.keys), 9, data).to(dev))
+        seed_everything(s)
+        models.append(build_model(cfg, data.n_channels, len(data.keys), 9, data).to(dev))
     w = loss_weight(cfg, data, dev)
     batchers = [DeviceBatcher(data.train, cfg.batch, dev, seed=s, stats=data.stats) for s in range(k)]
     its = [iter(b) for b in batchers]
@@ -221,21 +322,45 @@ def measure_seeds(phase: str, monkey: str, k: int = 3, device='cpu', timed: int 
     t_stack, t_seq = [], []
     for i in range(timed + 1):
         bs = [next(b) for b in its]
-        t = time.perf_counter(); stacked(bs, cfg.lr); _sync(dev); t_stack.append(time.perf_counter() - t)
         t = time.perf_counter()
-        for st, b in zip(singles, bs): st(b, cfg.lr)
-        _sync(dev); t_seq.append(time.perf_counter() - t)
-    return dict(phase=phase, monkey=monkey, seeds=k, stacked_s=statistics.median(t_stack[1:]),
-                sequential_s=statistics.median(t_seq[1:]), batches_per_epoch=len(batchers[0]))
+        stacked(bs, cfg.lr)
+        _sync(dev)
+        t_stack.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for st, b in zip(singles, bs):
+            st(b, cfg.lr)
+        _sync(dev)
+        t_seq.append(time.perf_counter() - t)
+    return dict(
+        phase=phase,
+        monkey=monkey,
+        seeds=k,
+        stacked_s=statistics.median(t_stack[1:]),
+        sequential_s=statistics.median(t_seq[1:]),
+        batches_per_epoch=len(batchers[0]),
+    )
 
 # %% ../nbs/12_bench.ipynb
 def _child(kind: str, timeout: float = 3600, **kw) -> dict:
     "Run `kind` ('measure', 'guard', 'seeds') in a fresh Python process; its result comes back as JSON."
     with tempfile.NamedTemporaryFile(suffix='.json', delete=False) as f: out = Path(f.name)
-    cmd = [sys.executable, '-m', 'neurofc.bench', '--child', kind, '--child-args', json.dumps(kw), '--child-out', str(out)]
+    cmd = [
+        sys.executable,
+        '-m',
+        'neurofc.bench',
+        '--child',
+        kind,
+        '--child-args',
+        json.dumps(kw),
+        '--child-out',
+        str(out),
+    ]
     r = subprocess.run(cmd, cwd=resolve_path('.'), capture_output=True, text=True, timeout=timeout)
     try:
-        if r.returncode: raise RuntimeError(f"benchmark step {kind} {kw} failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
+        if r.returncode:
+            raise RuntimeError(
+                f"benchmark step {kind} {kw} failed (exit {r.returncode}):\n{r.stderr[-3000:]}"
+            )
         return json.loads(out.read_text())
     finally: out.unlink(missing_ok=True)
 
@@ -247,27 +372,60 @@ def _run_child(kind: str, args: dict) -> dict:
         return guard(cfg, bench_data(cfg), args.get('device', 'cpu'))
     raise ValueError(f"Unknown benchmark step {kind!r}")
 
-def run(configs=CONFIGS, device: str = 'cpu', quick: bool = False, timed: int = 5, plain_timed: int = 2,
-        seeds: tuple = (('reference', 'beignet'), ('reference', 'affi')), progress: bool = True, repeats: int = 2) -> dict:
-    "Measure `configs` (each in its own process): guard, optimized, plain, optimized again (`repeats` rounds in all); then seeds and the matmul rate."
+def run(
+    configs=CONFIGS,
+    device: str = 'cpu',
+    quick: bool = False,
+    timed: int = 5,
+    plain_timed: int = 2,
+    seeds: tuple = (('reference', 'beignet'), ('reference', 'affi')),
+    progress: bool = True,
+    repeats: int = 2,
+) -> dict:
+    """Measure `configs` (each in its own process): guard, optimized, plain, optimized again (`repeats` rounds
+    in all); then seeds and the matmul rate."""
     configs = [tuple(c) for c in configs]
-    todo = ([('guard', c) for c in configs] + [('optimized', c) for c in configs] + [('plain', c) for c in configs]
-            + [('optimized', c) for _ in range(repeats - 1) for c in configs] + [('seeds', c) for c in seeds])
-    res = {'machine': machine_info(device), 'guards': {}, 'runs': [], 'seeds': [], 'quick': quick,
-           'started': datetime.datetime.now().isoformat(timespec='seconds'), 'matmul_runs': [matmul_rate(device)]}
+    todo = (
+        [('guard', c) for c in configs]
+        + [('optimized', c) for c in configs]
+        + [('plain', c) for c in configs]
+        + [('optimized', c) for _ in range(repeats - 1) for c in configs]
+        + [('seeds', c) for c in seeds]
+    )
+    res = {
+        'machine': machine_info(device),
+        'guards': {},
+        'runs': [],
+        'seeds': [],
+        'quick': quick,
+        'started': datetime.datetime.now().isoformat(timespec='seconds'),
+        'matmul_runs': [matmul_rate(device)],
+    }
     smallest = min(configs, key=lambda c: (c[0] != 'reference', c[1] != 'beignet'))
     bar = progress_bar(todo, desc='benchmark', disable=not progress)
     for kind, (phase, monkey) in bar:
         bar.set_postfix_str(f"{kind} {phase}/{monkey}")
         kw = dict(phase=phase, monkey=monkey, device=device, quick=quick)
-        if kind == 'guard': res['guards'][f"{phase}/{monkey}"] = _child('guard', **kw)
-        elif kind == 'seeds': res['seeds'].append(_child('seeds', **kw, timed=2 if quick else 3))
+        if kind == 'guard':
+            res['guards'][f"{phase}/{monkey}"] = _child('guard', **kw)
+        elif kind == 'seeds':
+            res['seeds'].append(_child('seeds', **kw, timed=2 if quick else 3))
         else:
-            first = not any(r['path'] == kind and (r['phase'], r['monkey']) == (phase, monkey) for r in res['runs'])
-            res['runs'].append(_child('measure', **kw, path=kind, timed=(timed if kind == 'optimized' else plain_timed),
-                                      full_epoch=kind == 'optimized' and first and (phase, monkey) == smallest))
+            first = not any(
+                r['path'] == kind and (r['phase'], r['monkey']) == (phase, monkey) for r in res['runs']
+            )
+            res['runs'].append(
+                _child(
+                    'measure',
+                    **kw,
+                    path=kind,
+                    timed=(timed if kind == 'optimized' else plain_timed),
+                    full_epoch=kind == 'optimized' and first and (phase, monkey) == smallest,
+                )
+            )
     res['matmul_runs'].append(matmul_rate(device))
-    res['matmul_gflops'] = max(res['matmul_runs'])      # the better of the two (start, end): a conservative fraction
+    # the better of the two (start, end): a conservative fraction
+    res['matmul_gflops'] = max(res['matmul_runs'])
     res['finished'] = datetime.datetime.now().isoformat(timespec='seconds')
     return res
 
@@ -277,7 +435,8 @@ def table(res: dict) -> pd.DataFrame:
     rate = res['matmul_gflops']
     runs = {}
     for r in res['runs']: runs.setdefault((r['phase'], r['monkey'], r['path']), []).append(r)
-    best = lambda rs: min(rs, key=lambda r: statistics.median(r['s_per_batch']))   # other tenants only slow a run down
+    # other tenants only slow a run down
+    best = lambda rs: min(rs, key=lambda r: statistics.median(r['s_per_batch']))
     by = {k: best(rs) for k, rs in runs.items()}
     rows = []
     for (phase, monkey, path), r in by.items():
@@ -285,11 +444,19 @@ def table(res: dict) -> pd.DataFrame:
         rs = runs[(phase, monkey, path)]
         med = statistics.median(r['s_per_batch'])
         epoch = med * r['batches_per_epoch'] + r['val_passes'] * r['val_s'] / r['val_every']
-        row = {'config': f"{phase} {monkey}", 'batch': r['batch'], 'batches/epoch': r['batches_per_epoch'],
-               's/batch': med, 's/batch of each run': ', '.join(f"{statistics.median(x['s_per_batch']):.3g}" for x in rs),
-               's/epoch': epoch, 'samples/s': r['batch'] / med, 'peak GB': max(x['peak_gb'] for x in rs),
-               'GFLOP/step': r['flops_per_step'] / 1e9, 'GFLOP/s': r['flops_per_step'] / 1e9 / med,
-               '% matmul': 100 * r['flops_per_step'] / 1e9 / med / rate}
+        row = {
+            'config': f"{phase} {monkey}",
+            'batch': r['batch'],
+            'batches/epoch': r['batches_per_epoch'],
+            's/batch': med,
+            's/batch of each run': ', '.join(f"{statistics.median(x['s_per_batch']):.3g}" for x in rs),
+            's/epoch': epoch,
+            'samples/s': r['batch'] / med,
+            'peak GB': max(x['peak_gb'] for x in rs),
+            'GFLOP/step': r['flops_per_step'] / 1e9,
+            'GFLOP/s': r['flops_per_step'] / 1e9 / med,
+            '% matmul': 100 * r['flops_per_step'] / 1e9 / med / rate,
+        }
         ref = None if res.get('quick') else REFERENCE.get((phase, monkey))
         row['ref s/epoch'] = ref[0] if ref else float('nan')
         row['× ref'] = (ref[0] / ref[1]) / med if ref else float('nan')
@@ -299,12 +466,20 @@ def table(res: dict) -> pd.DataFrame:
         g = res['guards'].get(f"{phase}/{monkey}")
         row['guard'] = max(g.values()) if g else float('nan')
         tgt = TARGETS.get((phase, monkey))
-        if res.get('quick'): row['target'], row['met'] = 'n/a (quick)', None
-        elif tgt: row['target'], row['met'] = f"≥ {tgt:g}× ref", bool(row['× ref'] >= tgt)
-        else: row['target'], row['met'] = f"≥ {FLOP_TARGET:.0%} matmul", bool(row['% matmul'] >= 100 * FLOP_TARGET)
+        if res.get('quick'):
+            row['target'], row['met'] = 'n/a (quick)', None
+        elif tgt:
+            row['target'], row['met'] = f"≥ {tgt:g}× ref", bool(row['× ref'] >= tgt)
+        else:
+            row['target'], row['met'] = f"≥ {FLOP_TARGET:.0%} matmul", bool(
+                row['% matmul'] >= 100 * FLOP_TARGET
+            )
         row[f'≤ {RSS_LIMIT_GB:g} GB'] = bool(row['peak GB'] <= RSS_LIMIT_GB)
         full = next((x for x in rs if x.get('full_epoch_s')), None)
-        if full: row['full epoch s'] = full['full_epoch_s'] + full['val_passes'] * full['val_s'] / full['val_every']
+        if full:
+            row['full epoch s'] = (
+                full['full_epoch_s'] + full['val_passes'] * full['val_s'] / full['val_every']
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -313,65 +488,122 @@ def seeds_table(res: dict) -> pd.DataFrame:
     rows = []
     for s in res['seeds']:
         n, k = s['batches_per_epoch'], s['seeds']
-        rows.append({'config': f"{s['phase']} {s['monkey']}", 'seeds': k, 'stacked s/epoch/seed': s['stacked_s'] * n / k,
-                     'sequential s/epoch/seed': s['sequential_s'] * n / k, 'stacked speed-up': s['sequential_s'] / s['stacked_s']})
+        rows.append(
+            {
+                'config': f"{s['phase']} {s['monkey']}",
+                'seeds': k,
+                'stacked s/epoch/seed': s['stacked_s'] * n / k,
+                'sequential s/epoch/seed': s['sequential_s'] * n / k,
+                'stacked speed-up': s['sequential_s'] / s['stacked_s'],
+            }
+        )
     return pd.DataFrame(rows)
 
-def write_report(res: dict, out_dir: str | Path = 'reports', command: str = 'python -m neurofc.bench') -> Path:
-    "Write `benchmarks.md` (machine, tables, notes) and `benchmarks.csv` into `out_dir`; returns the .md path."
-    out = resolve_path(out_dir); out.mkdir(parents=True, exist_ok=True)
+def write_report(
+    res: dict, out_dir: str | Path = 'reports', command: str = 'python -m neurofc.bench'
+) -> Path:
+    """Write `benchmarks.md` (machine, tables, notes) and `benchmarks.csv` into `out_dir`; returns the .md
+    path."""
+    out = resolve_path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     t, st, m = table(res), seeds_table(res), res['machine']
     t.to_csv(out / 'benchmarks.csv', index=False)
     fmt = lambda df: df.to_markdown(index=False, floatfmt='.3g')
     epoch_rows = t.dropna(subset=['full epoch s']) if 'full epoch s' in t else t.iloc[:0]
-    lines = [f"# neurofc training benchmarks", "",
-             f"Command: `{command}` · neurofc {m['neurofc']} · {res['started']} → {res['finished']}", "",
-             f"Device **{m['device']}** ({m['device_name']}); CPU {m['cpu']}, {m['cores']} cores, torch {m['torch']} with "
-             f"{m['threads']} threads, Python {m['python']}. Matmul rate measured in this run: **{res['matmul_gflops']:.0f} GFLOP/s** "
-             f"({'bf16' if m['device'].startswith('cuda') else 'float32'}, 2048² `mm`, median of 7; the better of the runs at the "
-             f"start and the end: {', '.join(f'{r:.0f}' for r in res['matmul_runs'])}).", "",
-             *(["**Quick (smoke) mode**: small models and batches, one timed batch: no comparison with the reference figures, the "
-                "plain path, the seeds or the extrapolation check is meaningful; it shows that the benchmark runs.", ""]
-               if res.get('quick') else []),
-             "Data: the built-in simulator at the real shapes (timing does not depend on the values). s/epoch = median s/batch × "
-             "batches per epoch of neurofc's split + amortised validation. × ref is per batch against the reference "
-             "implementation's figure on this machine kind; × plain against neurofc's plain path (literal pairwise Adaptor, "
-             "per-sample host batching) timed in this run. guard: largest relative difference between the two paths "
-             "(forecasts, gradients, parameters after one optimiser step). Peak GB: the process's resident high-water mark. "
-             "The optimized path runs in separate processes minutes apart (s/batch of each run) and the faster run counts, "
-             "since other tenants of a shared machine only slow a run down; the peak is the larger; the plain path runs once. "
-             "% matmul: GFLOP/s of a training step as a share of the matmul rate above. full epoch s: one whole epoch, timed "
-             "for the smallest configuration only.", "",
-             "Configurations (`neurofc.config`): `paper` is Phase 1 (AMAG as published, Adaptor on), `compete` Phase 2 (all "
-             "extensions, the seed table's setting), `reference` the competition entry's own defaults. The reference figures "
-             "(ref s/epoch) are the public reference implementation's, timed on a machine of this kind at the same "
-             "hyperparameters (project issue 10); it has none for `compete`. Targets (issue 10): ≥ 10× the reference per epoch "
-             "for `paper`, ≥ 3× for `reference`, ≥ 40 % of the matmul rate for `compete` (no reference figure), and a peak "
-             "resident memory ≤ 1.5 GB for every configuration (columns met and ≤ 1.5 GB).", "",
-             fmt(t), ""]
+    lines = [
+        f"# neurofc training benchmarks",
+        "",
+        f"Command: `{command}` · neurofc {m['neurofc']} · {res['started']} → {res['finished']}",
+        "",
+        (
+            f"Device **{m['device']}** ({m['device_name']}); CPU {m['cpu']}, {m['cores']} cores, torch"
+            f" {m['torch']} with {m['threads']} threads, Python {m['python']}. Matmul rate measured in this"
+            f" run: **{res['matmul_gflops']:.0f} GFLOP/s**"
+            f" ({'bf16' if m['device'].startswith('cuda') else 'float32'}, 2048² `mm`, median of 7; the"
+            " better of the runs at the start and the end:"
+            f" {', '.join(f'{r:.0f}' for r in res['matmul_runs'])})."
+        ),
+        "",
+        *(
+            [
+                (
+                    "**Quick (smoke) mode**: small models and batches, one timed batch: no comparison with"
+                    " the reference figures, the plain path, the seeds or the extrapolation check is"
+                    " meaningful; it shows that the benchmark runs."
+                ),
+                "",
+            ]
+            if res.get('quick')
+            else []
+        ),
+        (
+            "Data: the built-in simulator at the real shapes (timing does not depend on the values). s/epoch"
+            " = median s/batch × batches per epoch of neurofc's split + amortised validation. × ref is per"
+            " batch against the reference implementation's figure on this machine kind; × plain against"
+            " neurofc's plain path (literal pairwise Adaptor, per-sample host batching) timed in this run."
+            " guard: largest relative difference between the two paths (forecasts, gradients, parameters"
+            " after one optimiser step). Peak GB: the process's resident high-water mark. The optimized path"
+            " runs in separate processes minutes apart (s/batch of each run) and the faster run counts, since"
+            " other tenants of a shared machine only slow a run down; the peak is the larger; the plain path"
+            " runs once. % matmul: GFLOP/s of a training step as a share of the matmul rate above. full epoch"
+            " s: one whole epoch, timed for the smallest configuration only."
+        ),
+        "",
+        (
+            "Configurations (`neurofc.config`): `paper` is Phase 1 (AMAG as published, Adaptor on), `compete`"
+            " Phase 2 (all extensions, the seed table's setting), `reference` the competition entry's own"
+            " defaults. The reference figures (ref s/epoch) are the public reference implementation's, timed"
+            " on a machine of this kind at the same hyperparameters (project issue 10); it has none for"
+            " `compete`. Targets (issue 10): ≥ 10× the reference per epoch for `paper`, ≥ 3× for `reference`,"
+            " ≥ 40 % of the matmul rate for `compete` (no reference figure), and a peak resident memory ≤ 1.5"
+            " GB for every configuration (columns met and ≤ 1.5 GB)."
+        ),
+        "",
+        fmt(t),
+        "",
+    ]
     for _, r in epoch_rows.iterrows():
-        lines.append(f"Extrapolation check ({r['config']}): one full epoch measured {r['full epoch s']:.1f} s, "
-                     f"extrapolated {r['s/epoch']:.1f} s ({r['full epoch s'] / r['s/epoch'] - 1:+.0%}).")
+        lines.append(
+            f"Extrapolation check ({r['config']}): one full epoch measured {r['full epoch s']:.1f} s, "
+            f"extrapolated {r['s/epoch']:.1f} s ({r['full epoch s'] / r['s/epoch'] - 1:+.0%})."
+        )
     if len(st):
-        lines += ["", "## Several seeds", "", fmt(st), "",
-                  "Stacked: the seeds' models vmapped as one (`StackedStep`, torch.func), proven equal to separate runs in "
-                  "`nbs/12_bench.ipynb`. A speed-up below 1 means one-after-another is faster on this device (on a CPU the "
-                  "stacked model runs untiled and out of cache), so `train_seeds` trains seeds one after another. "
-                  "Configurations with the fused Adaptor or CPU dropout cannot be stacked."]
+        lines += [
+            "",
+            "## Several seeds",
+            "",
+            fmt(st),
+            "",
+            (
+                "Stacked: the seeds' models vmapped as one (`StackedStep`, torch.func), proven equal to"
+                " separate runs in `nbs/12_bench.ipynb`. A speed-up below 1 means one-after-another is faster"
+                " on this device (on a CPU the stacked model runs untiled and out of cache), so `train_seeds`"
+                " trains seeds one after another. Configurations with the fused Adaptor or CPU dropout cannot"
+                " be stacked."
+            ),
+        ]
     (out / 'benchmarks.md').write_text('\n'.join(lines) + '\n')
     (out / 'benchmarks.json').write_text(json.dumps(res, indent=1))
     return out / 'benchmarks.md'
 
 # %% ../nbs/12_bench.ipynb
 def main(argv: list[str] | None = None):
-    ap = argparse.ArgumentParser(prog='python -m neurofc.bench', description='Training speed and memory benchmarks: writes benchmarks.md and .csv')
+    ap = argparse.ArgumentParser(
+        prog='python -m neurofc.bench',
+        description='Training speed and memory benchmarks: writes benchmarks.md and .csv',
+    )
     ap.add_argument('--device', default='cpu', help="'cpu' (default), 'cuda', 'cuda:N' or 'auto'")
-    ap.add_argument('--quick', action='store_true', help='smoke mode: quick configurations of beignet, one timed batch')
-    ap.add_argument('--configs', nargs='*', help='phase/monkey pairs, e.g. paper/affi (default: the five of issue 10)')
+    ap.add_argument(
+        '--quick', action='store_true', help='smoke mode: quick configurations of beignet, one timed batch'
+    )
+    ap.add_argument(
+        '--configs', nargs='*', help='phase/monkey pairs, e.g. paper/affi (default: the five of issue 10)'
+    )
     ap.add_argument('--timed', type=int, default=5, help='timed batches per configuration (optimized path)')
     ap.add_argument('--out', default='reports', help='output folder (default: reports/)')
     ap.add_argument('--force', action='store_true', help='replace an existing benchmarks.md')
-    ap.add_argument('--child', help=argparse.SUPPRESS); ap.add_argument('--child-args', help=argparse.SUPPRESS)
+    ap.add_argument('--child', help=argparse.SUPPRESS)
+    ap.add_argument('--child-args', help=argparse.SUPPRESS)
     ap.add_argument('--child-out', help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
@@ -389,9 +621,18 @@ def main(argv: list[str] | None = None):
     if md.exists() and not a.force:
         raise FileExistsError(f"{md} exists; pass --force to replace it (or --out DIR to write elsewhere)")
     seeds = [c for c in configs if c[0] == 'reference'][:2]
-    res = run(configs, a.device, a.quick, timed=1 if a.quick else a.timed, plain_timed=1 if a.quick else 2, seeds=seeds,
-              repeats=1 if a.quick else 2)
-    path = write_report(res, a.out, 'python -m neurofc.bench ' + ' '.join(argv if argv is not None else sys.argv[1:]))
+    res = run(
+        configs,
+        a.device,
+        a.quick,
+        timed=1 if a.quick else a.timed,
+        plain_timed=1 if a.quick else 2,
+        seeds=seeds,
+        repeats=1 if a.quick else 2,
+    )
+    path = write_report(
+        res, a.out, 'python -m neurofc.bench ' + ' '.join(argv if argv is not None else sys.argv[1:])
+    )
     print(table(res).to_string(index=False))
     print(f"wrote {path}, {path.with_suffix('.csv')} and the raw {path.with_suffix('.json')}")
 

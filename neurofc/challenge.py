@@ -8,5 +8,6 @@ __all__ = ['Model']
 # %% ../nbs/04d_challenge.ipynb
 import importlib, os, sys
 
-if __name__ == 'model': sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # the ingestion's model.py
+# the ingestion's model.py
+if __name__ == 'model': sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 Model = importlib.import_module('neurofc.infer').Model

@@ -18,26 +18,57 @@ __all__ = ['info', 'export', 'main']
 def info(device: str = 'auto') -> dict:
     "Versions and the compute device, as a dict (also what `neurofc info` prints)."
     dev = get_device(device)
-    return {'neurofc': neurofc.__version__, 'python': platform.python_version(), 'torch': torch.__version__,
-            'device': str(dev), 'threads': torch.get_num_threads(), 'cpu': platform.processor() or platform.machine()}
+    return {
+        'neurofc': neurofc.__version__,
+        'python': platform.python_version(),
+        'torch': torch.__version__,
+        'device': str(dev),
+        'threads': torch.get_num_threads(),
+        'cpu': platform.processor() or platform.machine(),
+    }
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='neurofc', description='µECoG forecasting workbook')
     sub = p.add_subparsers(dest='cmd', required=True)
-    for name, help in [('info', 'print versions and the compute device'),
-                       ('demo', 'data (real files in data/, else synthetic) -> baselines and both phases (quick) -> reports/<monkey>-phases.html')]:
+    for name, help in [
+        ('info', 'print versions and the compute device'),
+        (
+            'demo',
+            (
+                'data (real files in data/, else synthetic) -> baselines and both phases (quick) ->'
+                ' reports/<monkey>-phases.html'
+            ),
+        ),
+    ]:
         s = sub.add_parser(name, help=help)
         s.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
         if name == 'demo':
             s.add_argument('--monkey', default='beignet', help="'beignet' (default, fastest) or 'affi'")
-            s.add_argument('--runs-dir', default='runs/demo', help='where the demo runs live (finished runs are reused)')
+            s.add_argument(
+                '--runs-dir', default='runs/demo', help='where the demo runs live (finished runs are reused)'
+            )
     e = sub.add_parser('export', help='write a Codabench submission (folder and zip) from finished runs')
-    e.add_argument('--affi', nargs='+', default=[], metavar='RUN', help="affi run directories or globs, e.g. 'runs/affi-compete-seed*'")
+    e.add_argument(
+        '--affi',
+        nargs='+',
+        default=[],
+        metavar='RUN',
+        help="affi run directories or globs, e.g. 'runs/affi-compete-seed*'",
+    )
     e.add_argument('--beignet', nargs='+', default=[], metavar='RUN', help='beignet run directories or globs')
-    e.add_argument('--out', required=True, help='submission folder; the zip is written next to it as <out>.zip')
+    e.add_argument(
+        '--out', required=True, help='submission folder; the zip is written next to it as <out>.zip'
+    )
     e.add_argument('--overwrite', action='store_true', help='replace an existing submission folder and zip')
-    e.add_argument('--norm', default='session', choices=['session', 'context'], help='normalisation of the exported forecasters')
-    e.add_argument('--no-verify', action='store_true', help='skip the check of the exported model against neurofc')
+    e.add_argument(
+        '--norm',
+        default='session',
+        choices=['session', 'context'],
+        help='normalisation of the exported forecasters',
+    )
+    e.add_argument(
+        '--no-verify', action='store_true', help='skip the check of the exported model against neurofc'
+    )
     return p
 
 def _expand(patterns: list[str]) -> list:
@@ -67,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                 from neurofc.demo import run_demo
                 run_demo(args.monkey, args.device, args.runs_dir)
         except (ValueError, RuntimeError, KeyError, FileNotFoundError, FileExistsError) as e:
-            print(f"neurofc: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+            print(
+                f"neurofc: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr
+            )
             return 2
     return 0

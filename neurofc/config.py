@@ -51,7 +51,7 @@ class RunConfig(Config):
     warmup: int = 0                     # linear warm-up epochs
     eta_min: float = 1e-6
     epochs: int = 500
-    patience: int = 50                  # early stopping: epochs without validation improvement; 0 = never stop early
+    patience: int = 50  # early stopping: epochs without validation improvement; 0 = never stop early
     val_every: int = 10                 # validation cadence (epochs)
     grad_clip: float = 1.0              # max gradient norm; 0 disables
     # --- losses
@@ -70,16 +70,18 @@ class RunConfig(Config):
     phase_aug: float = 0.0              # max phase perturbation (radians) of context-only FFT
     ridge_alpha: float = 1.0            # ridge baseline's penalty (normalised units)
     snapshots: int = 0                  # snapshot-ensemble members (at cosine cycle minima)
-    predictor: Literal['best', 'ema', 'snapshots', 'snapshots+ema', 'snapshots+best+ema'] = 'best'  # what forecasts: averaged members
+    # what forecasts: averaged members
+    predictor: Literal['best', 'ema', 'snapshots', 'snapshots+ema', 'snapshots+best+ema'] = 'best'
     # --- data
     val_frac: float = 0.1
     cross_val_frac: float = 0.2
     split_seed: int = 0                 # the split never depends on the run's seed
-    train_limit: int | None = None      # use at most this many training trials per day (quick runs); None = all
+    train_limit: int | None = None  # use at most this many training trials per day (quick runs); None = all
     # --- engine: memory and speed only (`neurofc.fast.accelerate`); no setting below changes a result
     adaptor_chunk: int = 0              # target channels per Adaptor tile, 0 = automatic
     checkpoint: bool = False            # keep no Adaptor pair activations (recompute them in backward)
-    encoder_tile: int | None = None     # TE/TR sequences per recomputed tile; 0 = all at once; None = 256 on a CPU
+    # TE/TR sequences per recomputed tile; 0 = all at once; None = 256 on a CPU
+    encoder_tile: int | None = None
     encoder_keep_mb: int = 0            # per encoder: MB of tile activations kept instead of recomputed
     amp: bool = True                    # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False
@@ -87,29 +89,67 @@ class RunConfig(Config):
     max_gpu_temp: float | None = None   # pause when NVML reports a hotter GPU; None = off
 
     def validate(self):
-        if self.phase not in PHASES: raise ValueError(f"Unknown phase {self.phase!r}; known phases: {list(PHASES)}")
-        if self.model not in MODELS: raise ValueError(f"Unknown model {self.model!r}; known models: {list(MODELS)}")
+        if self.phase not in PHASES:
+            raise ValueError(f"Unknown phase {self.phase!r}; known phases: {list(PHASES)}")
+        if self.model not in MODELS:
+            raise ValueError(f"Unknown model {self.model!r}; known models: {list(MODELS)}")
         get_monkey(self.monkey)
-        for name in ('hidden', 'heads', 'layers', 'd_ff', 'channel_heads', 'epochs', 'val_every', 't0', 'step_size'):
-            if getattr(self, name) < 1: raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")
-        if self.hidden % self.heads: raise ValueError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
+        for name in (
+            'hidden',
+            'heads',
+            'layers',
+            'd_ff',
+            'channel_heads',
+            'epochs',
+            'val_every',
+            't0',
+            'step_size',
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")
+        if self.hidden % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
         if self.channel_attention and self.hidden % self.channel_heads:
             raise ValueError(f"channel_heads ({self.channel_heads}) must divide hidden ({self.hidden})")
         for name in ('dropout', 'channel_dropout'):
-            if not 0 <= getattr(self, name) < 1: raise ValueError(f"{name} must be in [0, 1), found {getattr(self, name)}")
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), found {getattr(self, name)}")
         for name in ('lr', 'huber_delta'):
             if getattr(self, name) <= 0: raise ValueError(f"{name} must be > 0, found {getattr(self, name)}")
-        for name in ('weight_decay', 'mmd_weight', 'spectral_weight', 'mixup_alpha', 'jitter', 'scale_aug', 'phase_aug',
-                     'grad_clip', 'warmup', 'patience', 'snapshots', 'cooldown_s', 'eta_min', 'adaptor_chunk', 'encoder_keep_mb'):
-            if getattr(self, name) < 0: raise ValueError(f"{name} must be >= 0, found {getattr(self, name)}")
-        if not 0 <= self.ema_decay < 1: raise ValueError(f"ema_decay must be in [0, 1), found {self.ema_decay}")
-        if self.encoder_tile is not None and self.encoder_tile < 0: raise ValueError(f"encoder_tile must be >= 0 or None, found {self.encoder_tile}")
-        if self.train_limit is not None and self.train_limit < 1: raise ValueError(f"train_limit must be >= 1, found {self.train_limit}")
-        if self.batch_size is not None and self.batch_size < 1: raise ValueError(f"batch_size must be >= 1, found {self.batch_size}")
+        for name in (
+            'weight_decay',
+            'mmd_weight',
+            'spectral_weight',
+            'mixup_alpha',
+            'jitter',
+            'scale_aug',
+            'phase_aug',
+            'grad_clip',
+            'warmup',
+            'patience',
+            'snapshots',
+            'cooldown_s',
+            'eta_min',
+            'adaptor_chunk',
+            'encoder_keep_mb',
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, found {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), found {self.ema_decay}")
+        if self.encoder_tile is not None and self.encoder_tile < 0:
+            raise ValueError(f"encoder_tile must be >= 0 or None, found {self.encoder_tile}")
+        if self.train_limit is not None and self.train_limit < 1:
+            raise ValueError(f"train_limit must be >= 1, found {self.train_limit}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, found {self.batch_size}")
         if 'ema' in self.predictor and self.ema_decay == 0:
             raise ValueError(f"predictor {self.predictor!r} needs EMA weights: set ema_decay > 0")
         if self.snapshots and self.scheduler != 'cosine':
-            raise ValueError(f"snapshots ({self.snapshots}) are taken at cosine cycle minima: they need scheduler='cosine', found {self.scheduler!r}")
+            raise ValueError(
+                f"snapshots ({self.snapshots}) are taken at cosine cycle minima: they need"
+                f" scheduler='cosine', found {self.scheduler!r}"
+            )
 
     @property
     def batch(self) -> int:
@@ -117,54 +157,165 @@ class RunConfig(Config):
         return self.batch_size or {'affi': 16, 'beignet': 32}.get(self.monkey, 32)
 
     def model_kwargs(self) -> dict:
-        "Constructor arguments of `cfg.model` from this configuration (`neurofc.models.MODELS`; no data sizes): the science."
+        """Constructor arguments of `cfg.model` from this configuration (`neurofc.models.MODELS`; no data
+        sizes): the science."""
         return {a: getattr(self, f) for a, f in MODELS[self.model].args.items()}
 
     def speed_kwargs(self) -> dict:
         "Keyword arguments of `neurofc.fast.accelerate`: memory and speed only."
-        return {k: getattr(self, k) for k in ('adaptor_chunk', 'checkpoint', 'encoder_tile', 'encoder_keep_mb')}
+        return {
+            k: getattr(self, k) for k in ('adaptor_chunk', 'checkpoint', 'encoder_tile', 'encoder_keep_mb')
+        }
 
-_COMPETE = dict(hidden=128, heads=4, layers=2, d_ff=512, dropout=0.1, optimizer='adamw', weight_decay=1e-4,
-                scheduler='cosine', t0=60, warmup=10, epochs=300, patience=40, val_every=5, adaptor=False,
-                feature_pathways=True, channel_attention=True, channel_heads=4, session_embedding=True, revin=True,
-                mmd_weight=0.05, spectral_weight=0.1, loss='huber', ema_decay=0.999, mixup_alpha=0.3,
-                jitter=0.01, scale_aug=0.05, channel_dropout=0.05, phase_aug=0.1, snapshots=5,
-                predictor='snapshots+ema')
-_REFERENCE = dict(hidden=64, heads=1, layers=1, d_ff=256, dropout=0.0, optimizer='adamw', lr=5e-4, weight_decay=1e-4,
-                  scheduler='cosine', t0=60, warmup=10, epochs=300, patience=40, val_every=5, adaptor=False,
-                  ema_decay=0.999, mixup_alpha=0.15, jitter=0.01, scale_aug=0.05, channel_dropout=0.05, phase_aug=0.1,
-                  channel_weight='variance', channel_weight_clamp=10.0, predictor='ema', encoder_keep_mb=512)
+_COMPETE = dict(
+    hidden=128,
+    heads=4,
+    layers=2,
+    d_ff=512,
+    dropout=0.1,
+    optimizer='adamw',
+    weight_decay=1e-4,
+    scheduler='cosine',
+    t0=60,
+    warmup=10,
+    epochs=300,
+    patience=40,
+    val_every=5,
+    adaptor=False,
+    feature_pathways=True,
+    channel_attention=True,
+    channel_heads=4,
+    session_embedding=True,
+    revin=True,
+    mmd_weight=0.05,
+    spectral_weight=0.1,
+    loss='huber',
+    ema_decay=0.999,
+    mixup_alpha=0.3,
+    jitter=0.01,
+    scale_aug=0.05,
+    channel_dropout=0.05,
+    phase_aug=0.1,
+    snapshots=5,
+    predictor='snapshots+ema',
+)
+_REFERENCE = dict(
+    hidden=64,
+    heads=1,
+    layers=1,
+    d_ff=256,
+    dropout=0.0,
+    optimizer='adamw',
+    lr=5e-4,
+    weight_decay=1e-4,
+    scheduler='cosine',
+    t0=60,
+    warmup=10,
+    epochs=300,
+    patience=40,
+    val_every=5,
+    adaptor=False,
+    ema_decay=0.999,
+    mixup_alpha=0.15,
+    jitter=0.01,
+    scale_aug=0.05,
+    channel_dropout=0.05,
+    phase_aug=0.1,
+    channel_weight='variance',
+    channel_weight_clamp=10.0,
+    predictor='ema',
+    encoder_keep_mb=512,
+)
 PHASE_DEFAULTS = {'paper': {}, 'compete': _COMPETE, 'reference': _REFERENCE}
 
-_PLAIN = dict(dropout=0.0, adaptor=False, feature_pathways=False, channel_attention=False, session_embedding=False,
-              revin=False, loss='mse', mmd_weight=0.0, spectral_weight=0.0, channel_weight='none', ema_decay=0.0,
-              mixup_alpha=0.0, jitter=0.0, scale_aug=0.0, channel_dropout=0.0, phase_aug=0.0, snapshots=0, predictor='best')
-# baselines ignore the phase: the official example's GRU (hidden 256, 1 layer, Adam 1e-3, MSE); closed-form ones run one epoch
-MODEL_DEFAULTS = {'gru': dict(_PLAIN, hidden=256, heads=1, layers=1, optimizer='adam', lr=1e-3, weight_decay=0.0,
-                              scheduler='none', epochs=100, patience=20, val_every=5),
-                  'ridge': dict(_PLAIN, scheduler='none', epochs=1, val_every=1),
-                  'persistence': dict(_PLAIN, scheduler='none', epochs=1, val_every=1)}
+_PLAIN = dict(
+    dropout=0.0,
+    adaptor=False,
+    feature_pathways=False,
+    channel_attention=False,
+    session_embedding=False,
+    revin=False,
+    loss='mse',
+    mmd_weight=0.0,
+    spectral_weight=0.0,
+    channel_weight='none',
+    ema_decay=0.0,
+    mixup_alpha=0.0,
+    jitter=0.0,
+    scale_aug=0.0,
+    channel_dropout=0.0,
+    phase_aug=0.0,
+    snapshots=0,
+    predictor='best',
+)
+# baselines ignore the phase: the official example's GRU (hidden 256, 1 layer, Adam 1e-3, MSE); closed-form
+# ones run one epoch
+MODEL_DEFAULTS = {
+    'gru': dict(
+        _PLAIN,
+        hidden=256,
+        heads=1,
+        layers=1,
+        optimizer='adam',
+        lr=1e-3,
+        weight_decay=0.0,
+        scheduler='none',
+        epochs=100,
+        patience=20,
+        val_every=5,
+    ),
+    'ridge': dict(_PLAIN, scheduler='none', epochs=1, val_every=1),
+    'persistence': dict(_PLAIN, scheduler='none', epochs=1, val_every=1),
+}
 
-QUICK = dict(hidden=32, d_ff=64, epochs=4, patience=4, val_every=2, t0=2, warmup=1, step_size=2, snapshots=2, train_limit=64)
+QUICK = dict(
+    hidden=32,
+    d_ff=64,
+    epochs=4,
+    patience=4,
+    val_every=2,
+    t0=2,
+    warmup=1,
+    step_size=2,
+    snapshots=2,
+    train_limit=64,
+)
 
 def phase_config(phase: str, monkey: str = 'beignet', quick: bool = False, **overrides) -> RunConfig:
-    "The named phase's configuration for `monkey`, shrunk for a smoke run when `quick`, then `overrides` applied."
+    """The named phase's configuration for `monkey`, shrunk for a smoke run when `quick`, then `overrides`
+    applied."""
     if phase not in PHASES: raise ValueError(f"Unknown phase {phase!r}; known phases: {list(PHASES)}")
     RunConfig._check_keys(overrides, 'overrides')
     model = overrides.get('model', 'amag')
     if model not in MODELS: raise ValueError(f"Unknown model {model!r}; known models: {list(MODELS)}")
     base = {**PHASE_DEFAULTS[phase], **MODEL_DEFAULTS.get(model, {}), 'phase': phase, 'monkey': monkey}
     if quick:
-        base.update(QUICK, heads=min(base.get('heads', 1), 2), channel_heads=2, snapshots=QUICK['snapshots'] if base.get('snapshots') else 0)
-        if model != 'amag': base.update(hidden=MODEL_DEFAULTS[model].get('hidden', 64), epochs=min(MODEL_DEFAULTS[model]['epochs'], QUICK['epochs']))
+        base.update(
+            QUICK,
+            heads=min(base.get('heads', 1), 2),
+            channel_heads=2,
+            snapshots=QUICK['snapshots'] if base.get('snapshots') else 0,
+        )
+        if model != 'amag':
+            base.update(
+                hidden=MODEL_DEFAULTS[model].get('hidden', 64),
+                epochs=min(MODEL_DEFAULTS[model]['epochs'], QUICK['epochs']),
+            )
     return RunConfig(**{**base, **overrides})
 
 # %% ../nbs/05_config.ipynb
-def build_model(cfg: RunConfig, n_channels: int, n_sessions: int, n_features: int = 9, data: MonkeyData | None = None,
-                fast: bool = True, # the speed layer's exact form (`neurofc.fast`); False: the faithful model
-               ) -> nn.Module:
-    "The model `cfg.model`; `data` (training trials) initialises data-dependent parameters, omitted when weights are loaded."
-    if cfg.model not in MODELS: raise ValueError(f"Unknown model {cfg.model!r}; known models: {sorted(MODELS)}")
+def build_model(
+    cfg: RunConfig,
+    n_channels: int,
+    n_sessions: int,
+    n_features: int = 9,
+    data: MonkeyData | None = None,
+    fast: bool = True,  # the speed layer's exact form (`neurofc.fast`); False: the faithful model
+) -> nn.Module:
+    """The model `cfg.model`; `data` (training trials) initialises data-dependent parameters, omitted when
+    weights are loaded."""
+    if cfg.model not in MODELS:
+        raise ValueError(f"Unknown model {cfg.model!r}; known models: {sorted(MODELS)}")
     spec = MODELS[cfg.model]
     m = spec.build(spec.kwargs(cfg, n_channels, n_sessions, n_features), data)
     return accelerate(m, **cfg.speed_kwargs()) if fast else m

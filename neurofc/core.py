@@ -17,20 +17,26 @@ __all__ = ['T_CONTEXT', 'T_TOTAL', 'N_FEATURES', 'get_device', 'seed_everything'
 # %% ../nbs/00_core.ipynb
 _KINDS = ('cpu', 'cuda', 'mps')
 
-def get_device(device: str | torch.device = 'auto', # "auto", "cpu", "cuda", "cuda:N", "mps" or a `torch.device`
-              ) -> torch.device:
+def get_device(
+    device: str | torch.device = 'auto',  # "auto", "cpu", "cuda", "cuda:N", "mps" or a `torch.device`
+) -> torch.device:
     "The `torch.device` to compute on: CUDA when available for `'auto'`, else what was asked for."
-    if isinstance(device, torch.device): device = str(device)
-    if not isinstance(device, str): raise TypeError(f"device must be a string or torch.device, found {type(device).__name__}")
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string or torch.device, found {type(device).__name__}")
     name = device.strip().lower()
-    if name == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     kind, _, index = name.partition(':')
     if kind not in _KINDS or (index and not index.isdigit()):
         raise ValueError(f"Unknown device {device!r}: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     if kind == 'cuda':
-        if not torch.cuda.is_available(): raise RuntimeError(f"Device {device!r} was requested but CUDA is not available on this machine")
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"Device {device!r} was requested but CUDA is not available on this machine")
         n = torch.cuda.device_count()
-        if index and int(index) >= n: raise RuntimeError(f"Device {device!r} was requested but only {n} CUDA device(s) exist")
+        if index and int(index) >= n:
+            raise RuntimeError(f"Device {device!r} was requested but only {n} CUDA device(s) exist")
     if kind == 'mps' and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()):
         raise RuntimeError(f"Device {device!r} was requested but MPS is not available on this machine")
     return torch.device(name)
@@ -38,7 +44,8 @@ def get_device(device: str | torch.device = 'auto', # "auto", "cpu", "cuda", "cu
 # %% ../nbs/00_core.ipynb
 def seed_everything(seed: int) -> int:
     "Seed Python's `random`, NumPy's global generator and PyTorch (CPU and every CUDA device)."
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool): raise TypeError(f"seed must be an integer, found {seed!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an integer, found {seed!r}")
     seed = int(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -48,7 +55,8 @@ def seed_everything(seed: int) -> int:
 
 # %% ../nbs/00_core.ipynb
 def project_root(start: str | Path | None = None) -> Path:
-    "The nearest folder at or above `start` (default: the working directory) holding `settings.ini`; else the working directory."
+    """The nearest folder at or above `start` (default: the working directory) holding `settings.ini`; else
+    the working directory."""
     here = Path(start or Path.cwd()).resolve()
     for p in (here, *here.parents):
         if (p / 'settings.ini').exists() and (p / 'nbs').is_dir(): return p
@@ -71,7 +79,9 @@ def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
 def _check_value(cls_name: str, name: str, tp, value):
     "Coerce `value` to the annotated type `tp` or raise a `TypeError` naming the field."
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    bad = TypeError(f"{cls_name}.{name}: expected {getattr(tp, '__name__', tp)}, found {value!r} ({type(value).__name__})")
+    bad = TypeError(
+        f"{cls_name}.{name}: expected {getattr(tp, '__name__', tp)}, found {value!r} ({type(value).__name__})"
+    )
     if tp is typing.Any: return value
     if origin in (typing.Union, types.UnionType):
         for t in args:
@@ -88,16 +98,20 @@ def _check_value(cls_name: str, name: str, tp, value):
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool): return int(value)
         raise bad
     if tp is float:
-        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool): return float(value)
+        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+            return float(value)
         raise bad
     if tp is str:
         if isinstance(value, str): return value
         raise bad
     if origin is tuple:
         if not isinstance(value, (list, tuple)): raise bad
-        if len(args) == 2 and args[1] is Ellipsis: return tuple(_check_value(cls_name, name, args[0], v) for v in value)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_check_value(cls_name, name, args[0], v) for v in value)
         if args and len(args) != len(value): raise bad
-        return tuple(_check_value(cls_name, name, t, v) for t, v in zip(args, value)) if args else tuple(value)
+        return (
+            tuple(_check_value(cls_name, name, t, v) for t, v in zip(args, value)) if args else tuple(value)
+        )
     if origin is list:
         if not isinstance(value, (list, tuple)): raise bad
         return [_check_value(cls_name, name, args[0], v) for v in value] if args else list(value)
@@ -115,7 +129,9 @@ class Config:
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _check_value(type(self).__name__, f.name, hints[f.name], getattr(self, f.name)))
+            setattr(
+                self, f.name, _check_value(type(self).__name__, f.name, hints[f.name], getattr(self, f.name))
+            )
         self.validate()
 
     def validate(self):
@@ -131,7 +147,10 @@ class Config:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = [k for k in d if k not in names]
         if unknown:
-            raise KeyError(f"Unknown {cls.__name__} key(s) {unknown}{' in ' + source if source else ''}; known keys: {sorted(names)}")
+            raise KeyError(
+                f"Unknown {cls.__name__} key(s) {unknown}{' in ' + source if source else ''}; known keys:"
+                f" {sorted(names)}"
+            )
 
     @classmethod
     def from_dict(cls, d: dict, source: str = ''):
@@ -157,7 +176,8 @@ class Config:
         if p is not None and not p.exists(): raise FileNotFoundError(f"Config file {p} does not exist")
         text, source = (p.read_text(), str(p)) if p is not None else (str(path_or_text), '')
         d = json.loads(text)
-        if not isinstance(d, dict): raise TypeError(f"{source or 'JSON'}: expected a JSON object, found {type(d).__name__}")
+        if not isinstance(d, dict):
+            raise TypeError(f"{source or 'JSON'}: expected a JSON object, found {type(d).__name__}")
         return cls.from_dict(d, source)
 
 # %% ../nbs/00_core.ipynb
@@ -165,8 +185,12 @@ T_CONTEXT, T_TOTAL = 10, 20   # bins 0-9 are context, 10-19 are forecast
 N_FEATURES = 9                 # LMP + 8 band powers
 
 def mask_future(x, context: int = T_CONTEXT):
-    "Copy of `x` (NumPy or torch, time on axis 1) whose bins `context:` repeat bin `context-1`, as in the challenge's masked files."
-    if x.ndim < 2 or x.shape[1] <= context: raise ValueError(f"mask_future expects time on axis 1 with more than {context} bins, found shape {tuple(x.shape)}")
+    """Copy of `x` (NumPy or torch, time on axis 1) whose bins `context:` repeat bin `context-1`, as in the
+    challenge's masked files."""
+    if x.ndim < 2 or x.shape[1] <= context:
+        raise ValueError(
+            f"mask_future expects time on axis 1 with more than {context} bins, found shape {tuple(x.shape)}"
+        )
     if isinstance(x, torch.Tensor):
         last = x[:, context - 1:context]
         return torch.cat([x[:, :context], last.expand(-1, x.shape[1] - context, *x.shape[2:])], 1)
@@ -177,7 +201,7 @@ def mask_future(x, context: int = T_CONTEXT):
 # %% ../nbs/00_core.ipynb
 def check_array(x,                              # trials: a NumPy array (or array-like) or a torch tensor
                 n_channels: int | None = None,  # C expected on axis 2; None: any
-                source: str = 'array',          # what `x` is, for the messages (a file name, 'AMAG input', ...)
+                source: str = 'array',  # what `x` is, for the messages (a file name, 'AMAG input', ...)
                 n_features: int | None = N_FEATURES, # F expected on axis 3; None: LMP only, `(N, 20, C)`
                 n_steps: int = T_TOTAL,         # bins expected on axis 1
                 min_trials: int = 0,            # trials expected at least
@@ -186,24 +210,40 @@ def check_array(x,                              # trials: a NumPy array (or arra
     "Validate a trials array `(N, 20, C, 9)`; NumPy input is returned as float32, a tensor as it is."
     tensor = isinstance(x, torch.Tensor)
     if not tensor and not isinstance(x, np.ndarray): x = np.asarray(x)
-    if tensor and not x.is_floating_point(): raise TypeError(f"{source}: expected a floating-point tensor, found dtype {x.dtype}")
-    if not tensor and x.dtype.kind not in 'fiu': raise TypeError(f"{source}: expected a numeric array, found dtype {x.dtype}")
+    if tensor and not x.is_floating_point():
+        raise TypeError(f"{source}: expected a floating-point tensor, found dtype {x.dtype}")
+    if not tensor and x.dtype.kind not in 'fiu':
+        raise TypeError(f"{source}: expected a numeric array, found dtype {x.dtype}")
     shape, want = tuple(x.shape), 4 if n_features else 3
     shape_txt = '(N, 20, C, 9)' if n_features else '(N, 20, C)'
-    if x.ndim != want: raise ValueError(f"{source}: expected {want} dimensions {shape_txt}, found {x.ndim} with shape {shape}")
-    for axis, exp, what in ((1, n_steps, 'time bins'), (2, n_channels, 'channels'), (3, n_features, 'features')):
+    if x.ndim != want:
+        raise ValueError(
+            f"{source}: expected {want} dimensions {shape_txt}, found {x.ndim} with shape {shape}"
+        )
+    for axis, exp, what in (
+        (1, n_steps, 'time bins'),
+        (2, n_channels, 'channels'),
+        (3, n_features, 'features'),
+    ):
         if exp and shape[axis] != exp:
-            raise ValueError(f"{source}: expected {exp} {what} on axis {axis}, found {shape[axis]} (shape {shape})")
+            raise ValueError(
+                f"{source}: expected {exp} {what} on axis {axis}, found {shape[axis]} (shape {shape})"
+            )
     if shape[0] < min_trials:
-        raise ValueError(f"{source}: expected at least {min_trials} trial(s) on axis 0, found {shape[0]} (shape {shape})")
+        raise ValueError(
+            f"{source}: expected at least {min_trials} trial(s) on axis 0, found {shape[0]} (shape {shape})"
+        )
     if tensor: return x
     bad = ~np.isfinite(x) if finite and x.dtype.kind == 'f' else None
     if bad is not None and bad.any():
         idx = np.argwhere(bad)
         n_nan, n_inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
         trials = np.unique(idx[:, 0])
-        raise ValueError(f"{source}: {bad.sum()} non-finite values ({n_nan} NaN, {n_inf} inf) in {len(trials)} trial(s) "
-                         f"{trials[:10].tolist()}{' ...' if len(trials) > 10 else ''}; first at index {tuple(idx[0].tolist())}")
+        raise ValueError(
+            f"{source}: {bad.sum()} non-finite values ({n_nan} NaN, {n_inf} inf) in {len(trials)} trial(s)"
+            f" {trials[:10].tolist()}{' ...' if len(trials) > 10 else ''}; first at index"
+            f" {tuple(idx[0].tolist())}"
+        )
     with np.errstate(over='ignore'): return x.astype(np.float32, copy=False)   # beyond float32's range: inf
 
 
@@ -216,14 +256,18 @@ class Stats:
 
     def to_dict(self) -> dict: return {'mean': self.mean.tolist(), 'std': self.std.tolist()}
     @classmethod
-    def from_dict(cls, d: dict) -> Stats: return cls(np.asarray(d['mean'], np.float32), np.asarray(d['std'], np.float32))
+    def from_dict(cls, d: dict) -> Stats:
+        return cls(np.asarray(d['mean'], np.float32), np.asarray(d['std'], np.float32))
 
 def compute_stats(x: np.ndarray, chunk: int = 64) -> Stats:
-    "Mean and std over trials and time of `x` (N, 20, C, F), two passes in float64 over `chunk` trials at a time, stored as float32."
+    """Mean and std over trials and time of `x` (N, 20, C, F), two passes in float64 over `chunk` trials at a
+    time, stored as float32."""
     x = np.asarray(x)
     n = x.shape[0] * x.shape[1]
-    if n == 0: return Stats(np.full(x.shape[2:], np.nan, np.float32), np.ones(x.shape[2:], np.float32))   # nothing to normalise by
-    blocks = lambda: (x[i:i + chunk].astype(np.float64) for i in range(0, len(x), chunk))   # never a float64 copy of all of x
+    # nothing to normalise by
+    if n == 0: return Stats(np.full(x.shape[2:], np.nan, np.float32), np.ones(x.shape[2:], np.float32))
+    # never a float64 copy of all of x
+    blocks = lambda: (x[i:i + chunk].astype(np.float64) for i in range(0, len(x), chunk))
     mean = sum(b.sum((0, 1)) for b in blocks()) / n
     std = np.sqrt(sum(((b - mean) ** 2).sum((0, 1)) for b in blocks()) / n)
     std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1.0), std, 1.0)

@@ -26,8 +26,13 @@ def challenge_mse(pred: np.ndarray, # forecast (N, 20, C), raw units
                  ) -> float:
     "The challenge's per-file score: MSE over trials, bins 10-19 and channels."
     truth = truth[..., 0] if truth.ndim == 4 else truth
-    if pred.shape != truth.shape: raise ValueError(f"prediction shape {pred.shape} must equal the truth's {truth.shape}")
-    return float(np.mean((np.asarray(pred, np.float64)[:, T_CONTEXT:] - np.asarray(truth, np.float64)[:, T_CONTEXT:]) ** 2))
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction shape {pred.shape} must equal the truth's {truth.shape}")
+    return float(
+        np.mean(
+            (np.asarray(pred, np.float64)[:, T_CONTEXT:] - np.asarray(truth, np.float64)[:, T_CONTEXT:]) ** 2
+        )
+    )
 
 # %% ../nbs/01_data.ipynb
 @dataclasses.dataclass(frozen=True)
@@ -66,16 +71,24 @@ class Monkey:
     def session(self, key: str) -> Session:
         for s in self.sessions:
             if key in (s.key, s.name): return s
-        raise KeyError(f"Unknown session {key!r} for monkey {self.name!r}; known: {[s.key for s in self.sessions]}")
+        raise KeyError(
+            f"Unknown session {key!r} for monkey {self.name!r}; known: {[s.key for s in self.sessions]}"
+        )
 
 MONKEYS: dict[str, Monkey] = {}
 
 def register_monkey(name: str, n_channels: int, sessions: Sequence[dict | Session] = ()) -> Monkey:
-    "Add (or replace) a monkey; `sessions` are `Session`s or dicts of its fields (the first main one is the main day)."
-    if not re.fullmatch(r'[A-Za-z0-9-]+', name): raise ValueError(f"Monkey name {name!r} must be letters, digits or '-' (it is part of file names)")
-    if int(n_channels) <= 0: raise ValueError(f"Monkey {name!r}: n_channels must be positive, found {n_channels}")
-    ss = [s if isinstance(s, Session) else Session(monkey=name, **s) for s in sessions] or [Session(name, name, name, main=True)]
-    if sum(s.main for s in ss) != 1: raise ValueError(f"Monkey {name!r} needs exactly one main session, found {sum(s.main for s in ss)}")
+    """Add (or replace) a monkey; `sessions` are `Session`s or dicts of its fields (the first main one is the
+    main day)."""
+    if not re.fullmatch(r'[A-Za-z0-9-]+', name):
+        raise ValueError(f"Monkey name {name!r} must be letters, digits or '-' (it is part of file names)")
+    if int(n_channels) <= 0:
+        raise ValueError(f"Monkey {name!r}: n_channels must be positive, found {n_channels}")
+    ss = [s if isinstance(s, Session) else Session(monkey=name, **s) for s in sessions] or [
+        Session(name, name, name, main=True)
+    ]
+    if sum(s.main for s in ss) != 1:
+        raise ValueError(f"Monkey {name!r} needs exactly one main session, found {sum(s.main for s in ss)}")
     ss.sort(key=lambda s: not s.main)
     MONKEYS[name] = Monkey(name, int(n_channels), ss)
     return MONKEYS[name]
@@ -95,10 +108,14 @@ def add_session(monkey: str, key: str, name: str | None = None, main: bool = Fal
     return s
 
 def load_registry(path: str | Path) -> list[Monkey]:
-    "Register the monkeys of a JSON file: `{name: {'n_channels': C, 'sessions': [{'key':..., 'name':..., 'main':...}, ...]}}`."
+    """Register the monkeys of a JSON file: `{name: {'n_channels': C, 'sessions': [{'key':..., 'name':...,
+    'main':...}, ...]}}`."""
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"Registry file {path} does not exist")
-    return [register_monkey(k, v['n_channels'], v.get('sessions', ())) for k, v in json.loads(path.read_text()).items()]
+    return [
+        register_monkey(k, v['n_channels'], v.get('sessions', ()))
+        for k, v in json.loads(path.read_text()).items()
+    ]
 
 register_monkey('affi', 239, [
     dict(key='affi', name='affi', main=True, n_train=985, n_test=122),
@@ -124,24 +141,35 @@ def load_npz(path: str | Path, n_channels: int | None = None, min_trials: int = 
     "Load `arr_0` of a challenge `.npz` file, validated by `check_array`; every failure names the file."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"Data file {path} does not exist")
-    try: z = np.load(path, allow_pickle=False)
-    except Exception as e: raise ValueError(f"{path}: expected {_NPZ}, found {_what(path)} ({type(e).__name__})") from None
+    try:
+        z = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise ValueError(f"{path}: expected {_NPZ}, found {_what(path)} ({type(e).__name__})") from None
     if not isinstance(z, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: expected {_NPZ}, found a bare .npy array (np.save, not np.savez) of shape {z.shape}")
+        raise ValueError(
+            f"{path}: expected {_NPZ}, found a bare .npy array (np.save, not np.savez) of shape {z.shape}"
+        )
     with z:
         if 'arr_0' not in z.files: raise KeyError(f"{path}: expected an array named 'arr_0', found {z.files}")
         try: x = z['arr_0']
         except ValueError as e:
-            if 'Object arrays' not in str(e): raise ValueError(f"{path}: 'arr_0' is unreadable: {e}") from None
-            raise TypeError(f"{path}: expected a numeric array, found an object (pickled) array, which neurofc never "
-                            f"unpickles") from None
+            if 'Object arrays' not in str(e):
+                raise ValueError(f"{path}: 'arr_0' is unreadable: {e}") from None
+            raise TypeError(
+                f"{path}: expected a numeric array, found an object (pickled) array, which neurofc never "
+                "unpickles"
+            ) from None
         except Exception as e:
-            raise ValueError(f"{path}: expected {_NPZ}, found a truncated or damaged archive ({type(e).__name__}: {e})") from None
+            raise ValueError(
+                f"{path}: expected {_NPZ}, found a truncated or damaged archive ({type(e).__name__}: {e})"
+            ) from None
     return check_array(x, n_channels, str(path), min_trials=min_trials)
 
 def masked_trials(x: np.ndarray) -> np.ndarray:
     "Indices of trials whose bins 10-19 repeat bin 9 exactly in every channel and feature (the masking rule)."
-    return np.flatnonzero((x[:, T_CONTEXT:] == x[:, T_CONTEXT - 1:T_CONTEXT]).all(axis=tuple(range(1, x.ndim))))
+    return np.flatnonzero(
+        (x[:, T_CONTEXT:] == x[:, T_CONTEXT - 1 : T_CONTEXT]).all(axis=tuple(range(1, x.ndim)))
+    )
 
 def file_record(path: Path, x: np.ndarray) -> dict:
     "What a fingerprint records of a session file: its name, its array's shape and content hash."
@@ -155,7 +183,8 @@ def array_digest(x: np.ndarray) -> str:
 
 def save_npz(path: str | Path, x: np.ndarray) -> Path:
     "Write `x` as `arr_0`, as the challenge's files are written (atomically: temporary file, then rename)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + '.tmp')
     with open(tmp, 'wb') as f: np.savez(f, x)
     tmp.replace(path)
@@ -168,38 +197,56 @@ def _find(data_dir: Path, split: str, fname: str) -> Path | None:
     return None
 
 def find_sessions(data_dir: str | Path, monkey: str, split: str = 'train') -> list[Session]:
-    "`monkey`'s days in `data_dir`: the registered ones, plus those found from file names (`train_data_<monkey>_<day>.npz`; with `split='test'` also `test_data_<monkey>_<day>_masked.npz`)."
+    """`monkey`'s days in `data_dir`: the registered ones, plus those found from file names
+    (`train_data_<monkey>_<day>.npz`; with `split='test'` also `test_data_<monkey>_<day>_masked.npz`)."""
     m, data_dir = get_monkey(monkey), resolve_path(data_dir)
-    names = [('train', 'train_data_', '.npz')] + ([('test', 'test_data_', '_masked.npz')] if split == 'test' else [])
+    names = [('train', 'train_data_', '.npz')] + (
+        [('test', 'test_data_', '_masked.npz')] if split == 'test' else []
+    )
     here = set()
     for folder, head, tail in names:                 # the key is the name between `head` and `tail`
-        for p in sorted([*data_dir.glob(f'{folder}/{head}{m.name}_*{tail}'), *data_dir.glob(f'{head}{m.name}_*{tail}')]):
-            here.add(add_session(m.name, p.name[len(head):-len(tail)], discovered=True).key)
-    return [s for s in m.sessions if not s.discovered or s.key in here]   # a day found elsewhere is not one of this folder's
+        for p in sorted(
+            [*data_dir.glob(f'{folder}/{head}{m.name}_*{tail}'), *data_dir.glob(f'{head}{m.name}_*{tail}')]
+        ):
+            here.add(add_session(m.name, p.name[len(head) : -len(tail)], discovered=True).key)
+    # a day found elsewhere is not one of this folder's
+    return [s for s in m.sessions if not s.discovered or s.key in here]
 
 def session_path(data_dir: str | Path, session: Session, split: str = 'train') -> Path:
-    "Path of `session`'s file for `split` ('train', 'test' = masked inputs, or 'truth' = unmasked test) in `data_dir`."
+    """Path of `session`'s file for `split` ('train', 'test' = masked inputs, or 'truth' = unmasked test) in
+    `data_dir`."""
     data_dir = resolve_path(data_dir)
     fname = {'train': session.train_file, 'test': session.test_file, 'truth': session.truth_file}[split]
     folder = {'train': 'train', 'test': 'test', 'truth': 'test_truth'}[split]
     p = _find(data_dir, folder, fname)
-    if p is None: raise FileNotFoundError(f"Missing {split} file for session {session.key!r}: expected {data_dir/folder/fname} (or {data_dir/fname})")
+    if p is None:
+        raise FileNotFoundError(
+            f"Missing {split} file for session {session.key!r}: expected {data_dir/folder/fname} (or"
+            f" {data_dir/fname})"
+        )
     return p
 
 def load_session(path: str | Path, monkey: str, split: str = 'train') -> np.ndarray:
-    "One session file of `monkey`, validated; training and truth files must hold the true future, not masked trials."
+    """One session file of `monkey`, validated; training and truth files must hold the true future, not masked
+    trials."""
     x = load_npz(path, get_monkey(monkey).n_channels)
     masked = masked_trials(x) if split in ('train', 'truth') else []
     if len(masked):
-        raise ValueError(f"{path}: expected {split} trials with their true bins 10-19, found {len(masked)} of {len(x)} trial(s) "
-                         f"{masked[:10].tolist()}{' ...' if len(masked) > 10 else ''} masked (bins 10-19 repeat bin 9, the "
-                         f"challenge's masking rule): is this a test_data_*_masked.npz file?")
+        raise ValueError(
+            f"{path}: expected {split} trials with their true bins 10-19, found {len(masked)} of {len(x)}"
+            f" trial(s) {masked[:10].tolist()}{' ...' if len(masked) > 10 else ''} masked (bins 10-19 repeat"
+            " bin 9, the challenge's masking rule): is this a test_data_*_masked.npz file?"
+        )
     return x
 
 def load_split(data_dir: str | Path, monkey: str, split: str = 'train') -> dict[str, np.ndarray]:
     "Every session of `monkey` for `split` as validated arrays, keyed by session key (main day first)."
-    if split not in ('train', 'test', 'truth'): raise ValueError(f"Unknown split {split!r}; expected 'train', 'test' or 'truth'")
-    return {s.key: load_session(session_path(data_dir, s, split), monkey, split) for s in find_sessions(data_dir, monkey)}
+    if split not in ('train', 'test', 'truth'):
+        raise ValueError(f"Unknown split {split!r}; expected 'train', 'test' or 'truth'")
+    return {
+        s.key: load_session(session_path(data_dir, s, split), monkey, split)
+        for s in find_sessions(data_dir, monkey)
+    }
 
 def has_real_data(data_dir: str | Path, monkey: str) -> bool:
     "True when the main-day training file of `monkey` lies in `data_dir` (not in its `synthetic/` folder)."
@@ -207,7 +254,8 @@ def has_real_data(data_dir: str | Path, monkey: str) -> bool:
 
 # %% ../nbs/01_data.ipynb
 def split_indices(n: int, frac: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    "Sorted (train, validation) trial indices of `n` trials, `round(frac*n)` (at least 1 when `frac > 0` and n > 1) held out."
+    """Sorted (train, validation) trial indices of `n` trials, `round(frac*n)` (at least 1 when `frac > 0` and
+    n > 1) held out."""
     if not 0 <= frac < 1: raise ValueError(f"validation fraction must be in [0, 1), found {frac}")
     n_val = 0 if frac == 0 or n < 2 else max(1, int(round(frac * n)))
     perm = np.random.default_rng(seed).permutation(n)
@@ -219,20 +267,24 @@ def make_splits(sizes: dict[str, int], main_key: str, val_frac: float = 0.1, cro
     out = {}
     for i, (k, n) in enumerate(sizes.items()):
         # each session gets its own stream, so adding a day never changes another day's split
-        out[k] = split_indices(n, val_frac if k == main_key else cross_val_frac, seed=[seed, zlib.crc32(k.encode())])
+        out[k] = split_indices(
+            n, val_frac if k == main_key else cross_val_frac, seed=[seed, zlib.crc32(k.encode())]
+        )
     return out
 
 # %% ../nbs/01_data.ipynb
 @dataclasses.dataclass
 class MonkeyData:
-    "Training and validation trials of one monkey, per session (main day first), with training-only statistics."
+    """Training and validation trials of one monkey, per session (main day first), with training-only
+    statistics."""
     monkey: str
     train: dict[str, np.ndarray]                      # raw (n, 20, C, 9)
     val: dict[str, np.ndarray]                        # raw held-out trials
     stats: dict[str, Stats]                           # from `train` only
     splits: dict[str, tuple[np.ndarray, np.ndarray]]  # indices into each session file
     source: Path | None = None
-    files: dict[str, dict] = dataclasses.field(default_factory=dict)   # per session: file name, shape, content SHA-256
+    # per session: file name, shape, content SHA-256
+    files: dict[str, dict] = dataclasses.field(default_factory=dict)
 
     @property
     def keys(self) -> list[str]: return list(self.train)
@@ -242,8 +294,14 @@ class MonkeyData:
 
     def fingerprint(self) -> dict:
         "What these data are: the monkey, its days in order and each day's file (name, shape, content hash)."
-        files = self.files or {k: dict(file=None, shape=[len(self.train[k]) + len(self.val[k]), *self.train[k].shape[1:]],
-                                       sha256=array_digest(np.concatenate([self.train[k], self.val[k]]))) for k in self.keys}
+        files = self.files or {
+            k: dict(
+                file=None,
+                shape=[len(self.train[k]) + len(self.val[k]), *self.train[k].shape[1:]],
+                sha256=array_digest(np.concatenate([self.train[k], self.val[k]])),
+            )
+            for k in self.keys
+        }
         return dict(monkey=self.monkey, days=self.keys, files=files)
 
 def load_monkey(data_dir: str | Path, monkey: str, val_frac: float = 0.1, cross_val_frac: float = 0.2,
@@ -252,19 +310,33 @@ def load_monkey(data_dir: str | Path, monkey: str, val_frac: float = 0.1, cross_
     m = get_monkey(monkey)
     paths = {s.key: session_path(data_dir, s, 'train') for s in find_sessions(data_dir, monkey)}
     arrays = {k: load_session(p, monkey) for k, p in paths.items()}
-    splits = make_splits({k: len(v) for k, v in arrays.items()}, m.main.key, val_frac, cross_val_frac, split_seed)
+    splits = make_splits(
+        {k: len(v) for k, v in arrays.items()}, m.main.key, val_frac, cross_val_frac, split_seed
+    )
     for k, (tr, va) in splits.items():
         name, frac = ('val_frac', val_frac) if k == m.main.key else ('cross_val_frac', cross_val_frac)
         if len(arrays[k]) < 2:
-            raise ValueError(f"{paths[k]}: a recording day needs at least 2 trials (one to train on, one to validate), "
-                             f"found {len(arrays[k])}")
+            raise ValueError(
+                f"{paths[k]}: a recording day needs at least 2 trials (one to train on, one to validate), "
+                f"found {len(arrays[k])}"
+            )
         if not len(va):
-            raise ValueError(f"{paths[k]}: {name}={frac} holds out no trial of its {len(arrays[k])}: expected at least 1 "
-                             f"validation trial per day (checkpoints are chosen on validation), found 0")
+            raise ValueError(
+                f"{paths[k]}: {name}={frac} holds out no trial of its {len(arrays[k])}: expected at least 1 "
+                "validation trial per day (checkpoints are chosen on validation), found 0"
+            )
     train = {k: arrays[k][splits[k][0]] for k in arrays}
     val = {k: arrays[k][splits[k][1]] for k in arrays}
     files = {k: file_record(p, arrays[k]) for k, p in paths.items()}
-    return MonkeyData(m.name, train, val, {k: compute_stats(v) for k, v in train.items()}, splits, resolve_path(data_dir), files)
+    return MonkeyData(
+        m.name,
+        train,
+        val,
+        {k: compute_stats(v) for k, v in train.items()},
+        splits,
+        resolve_path(data_dir),
+        files,
+    )
 
 # %% ../nbs/01_data.ipynb
 @dataclasses.dataclass
@@ -275,23 +347,48 @@ class Batch:
 
 class DeviceBatcher:
     "Shuffled batches of every session's trials, kept, normalised and masked on `device`."
-    def __init__(self, arrays: dict[str, np.ndarray], # per-session trials (n, 20, C, F): raw with `stats`, else already normalised
-                 batch_size: int, device: str | torch.device = 'cpu', seed: int = 0, shuffle: bool = True, drop_last: bool = False,
-                 stats: dict[str, Stats] | None = None): # per-session statistics: each batch is normalised with its trials' own
-        if batch_size < 1: raise ValueError(f"batch_size must be >= 1, found {batch_size}")
+    def __init__(
+        self,
+        arrays: dict[
+            str, np.ndarray
+        ],  # per-session trials (n, 20, C, F): raw with `stats`, else already normalised
+        batch_size: int,
+        device: str | torch.device = 'cpu',
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        stats: dict[str, Stats] | None = None,
+    ):  # per-session statistics: each batch is normalised with its trials' own
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, found {batch_size}")
         missing = sorted(set(arrays) - set(stats or arrays))
-        if missing: raise KeyError(f"no statistics for sessions {missing}")
+        if missing:
+            raise KeyError(f"no statistics for sessions {missing}")
         self.keys = list(arrays)
-        self.device, self.batch_size, self.shuffle, self.drop_last = torch.device(device), batch_size, shuffle, drop_last
+        self.device, self.batch_size, self.shuffle, self.drop_last = (
+            torch.device(device),
+            batch_size,
+            shuffle,
+            drop_last,
+        )
         parts = [torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in arrays.values()]
         # on the CPU the arrays are used in place (no copy); elsewhere one device-resident block
         self.parts = parts if self.device.type == 'cpu' else [torch.cat(parts).to(self.device)]
         self.start = torch.tensor([0, *np.cumsum([len(a) for a in parts])[:-1]], device=self.device)
-        self.session = torch.cat([torch.full((len(a),), i, dtype=torch.long) for i, a in enumerate(parts)]).to(self.device)
+        self.session = torch.cat(
+            [torch.full((len(a),), i, dtype=torch.long) for i, a in enumerate(parts)]
+        ).to(self.device)
         self.n = len(self.session)
-        self.norm = None if stats is None else tuple(torch.as_tensor(np.stack(v), device=self.device) for v in
-                                                     ([stats[k].mean for k in self.keys], [4.0 * stats[k].std for k in self.keys]))
-        self.gen = torch.Generator(device=self.device); self.gen.manual_seed(seed)
+        self.norm = (
+            None
+            if stats is None
+            else tuple(
+                torch.as_tensor(np.stack(v), device=self.device)
+                for v in ([stats[k].mean for k in self.keys], [4.0 * stats[k].std for k in self.keys])
+            )
+        )
+        self.gen = torch.Generator(device=self.device)
+        self.gen.manual_seed(seed)
 
     def __len__(self) -> int:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
@@ -299,19 +396,25 @@ class DeviceBatcher:
     def _gather(self, idx: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         if len(self.parts) == 1: return self.parts[0][idx]
         out = self.parts[0].new_empty((len(idx), *self.parts[0].shape[1:]))
-        for i, part in enumerate(self.parts):                 # a few sessions: one gather each (CPU only: no device sync)
+        for i, part in enumerate(self.parts):  # a few sessions: one gather each (CPU only: no device sync)
             sel = (s == i).nonzero().squeeze(1)
             if len(sel): out[sel] = part[idx[sel] - self.start[i]]
         return out
 
     def __iter__(self):
-        order = torch.randperm(self.n, generator=self.gen, device=self.device) if self.shuffle else torch.arange(self.n, device=self.device)
+        order = (
+            torch.randperm(self.n, generator=self.gen, device=self.device)
+            if self.shuffle
+            else torch.arange(self.n, device=self.device)
+        )
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             s = self.session[idx]
             xb = self._gather(idx, s)
-            if self.norm is not None: xb = (xb - self.norm[0][s, None]) / self.norm[1][s, None]   # `normalize`, per trial's session
+            # `normalize`, per trial's session
+            if self.norm is not None: xb = (xb - self.norm[0][s, None]) / self.norm[1][s, None]
             yield Batch(mask_future(xb), xb[..., 0], s)
 
     def state_dict(self) -> dict: return {'gen': self.gen.get_state()}
-    def load_state_dict(self, d: dict): self.gen.set_state(d['gen'].cpu())   # a checkpoint loaded onto a GPU holds it there
+    # a checkpoint loaded onto a GPU holds it there
+    def load_state_dict(self, d: dict): self.gen.set_state(d['gen'].cpu())

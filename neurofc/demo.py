@@ -11,8 +11,16 @@ from .core import resolve_path
 from .config import phase_config
 from .synthetic import data_source
 from .data import load_monkey
-from .runs import (FINGERPRINT, read_json, run_fingerprint, fingerprint_diff, is_sealed, verify_seal, run_name,
-                          config_diff)
+from neurofc.runs import (
+    FINGERPRINT,
+    read_json,
+    run_fingerprint,
+    fingerprint_diff,
+    is_sealed,
+    verify_seal,
+    run_name,
+    config_diff,
+)
 from .train import fit
 
 # %% auto 0
@@ -30,8 +38,13 @@ def render_report(monkey: str, runs, data_dir: str | Path = 'data', out: str | P
     ipynb, html = out.with_suffix('.ipynb'), out.with_suffix('.html')
     if html.exists(): print(f"Replacing the existing report {html}")
     runs = [str(r) for r in runs] if isinstance(runs, (list, tuple)) else str(runs)
-    pm.execute_notebook(str(resolve_path('nbs/report.ipynb')), str(ipynb), kernel_name='python3', progress_bar=False,
-                        parameters=dict(monkey=monkey, runs=runs, data_dir=str(resolve_path(data_dir)), out=str(out)))
+    pm.execute_notebook(
+        str(resolve_path('nbs/report.ipynb')),
+        str(ipynb),
+        kernel_name='python3',
+        progress_bar=False,
+        parameters=dict(monkey=monkey, runs=runs, data_dir=str(resolve_path(data_dir)), out=str(out)),
+    )
     body, _ = HTMLExporter(exclude_input=True).from_notebook_node(nbformat.read(ipynb, as_version=4))
     html.write_text(body)
     return html
@@ -43,10 +56,13 @@ def _differs(run_dir: Path, cfg, fingerprint: dict) -> list[str]:
         if is_sealed(run_dir): verify_seal(run_dir)
         diffs, saved = config_diff(run_dir, cfg), read_json(run_dir / FINGERPRINT)
     except (ValueError, KeyError, TypeError, FileNotFoundError) as e: return [str(e)]
-    return [f"config {k}: {v!r}, now {n!r}" for k, (v, n) in diffs.items()] + fingerprint_diff(saved, fingerprint)
+    return [f"config {k}: {v!r}, now {n!r}" for k, (v, n) in diffs.items()] + fingerprint_diff(
+        saved, fingerprint
+    )
 
 def demo_run_dir(runs_dir: Path, name: str, cfg, fingerprint: dict) -> Path:
-    "The first of `name`, `name-2`, `name-3`, ... that is free or holds a run of `cfg` on these data and code."
+    """The first of `name`, `name-2`, `name-3`, ... that is free or holds a run of `cfg` on these data and
+    code."""
     for k in itertools.count(1):
         d = runs_dir / (name if k == 1 else f'{name}-{k}')
         if not d.exists() or not any(d.iterdir()): return d
@@ -54,22 +70,34 @@ def demo_run_dir(runs_dir: Path, name: str, cfg, fingerprint: dict) -> Path:
         if not diffs: return d
         print(f"{d} holds a run of other data, code or settings ({'; '.join(diffs)}): it is kept as it is")
 
-def run_demo(monkey: str = 'beignet', device: str = 'auto', runs_dir: str | Path = 'runs/demo', data_dir: str | Path = 'data',
-             models=DEMO_MODELS, seed: int = 0) -> Path:
-    "Train every demo model quickly on `monkey` (reusing runs of the same data and code) and render the phase report."
+def run_demo(
+    monkey: str = 'beignet',
+    device: str = 'auto',
+    runs_dir: str | Path = 'runs/demo',
+    data_dir: str | Path = 'data',
+    models=DEMO_MODELS,
+    seed: int = 0,
+) -> Path:
+    """Train every demo model quickly on `monkey` (reusing runs of the same data and code) and render the
+    phase report."""
     t0 = time.time()
     data_dir, runs_dir = resolve_path(data_dir), resolve_path(runs_dir)
     source = data_source(data_dir, monkey)
-    print(f"Using the real {monkey} files in {data_dir}" if source == data_dir else
-          f"No real {monkey} files in {data_dir}: using the simulator's synthetic data in {source}")
+    print(
+        f"Using the real {monkey} files in {data_dir}"
+        if source == data_dir
+        else f"No real {monkey} files in {data_dir}: using the simulator's synthetic data in {source}"
+    )
     dirs, loaded = [], {}
     for m in models:
         phase, model = (m, 'amag') if m in ('paper', 'compete', 'reference') else ('paper', m)
         cfg = phase_config(phase, monkey, quick=True, model=model)
         split = (cfg.val_frac, cfg.cross_val_frac, cfg.split_seed)
-        if split not in loaded: loaded[split] = load_monkey(source, monkey, *split)
+        if split not in loaded:
+            loaded[split] = load_monkey(source, monkey, *split)
         data = loaded[split]
-        d = demo_run_dir(runs_dir, run_name(cfg, seed), cfg, run_fingerprint(data))   # of the files: train_limit aside
+        # of the files: train_limit aside
+        d = demo_run_dir(runs_dir, run_name(cfg, seed), cfg, run_fingerprint(data))
         print(f"[{time.time() - t0:5.0f} s] {m} ({monkey}, quick): {d}")
         fit(cfg, data, d, seed, device, resume=True)
         dirs.append(d)

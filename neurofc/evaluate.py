@@ -11,7 +11,15 @@ import numpy as np
 import pandas as pd
 
 from .core import resolve_path
-from .data import get_monkey, load_npz, load_session, session_path, find_sessions, challenge_mse, T_CONTEXT
+from neurofc.data import (
+    get_monkey,
+    load_npz,
+    load_session,
+    session_path,
+    find_sessions,
+    challenge_mse,
+    T_CONTEXT,
+)
 from .runs import read_json, resolve_runs, load_run
 from .train import persistence
 
@@ -35,7 +43,8 @@ def channel_scores(pred, truth) -> pd.DataFrame:
     "Per-channel MSE, R² and Pearson r over trials and forecast bins."
     p, t = _future(pred), _future(_lmp(truth))
     p, t = p.reshape(-1, p.shape[-1]), t.reshape(-1, t.shape[-1])
-    err = ((p - t) ** 2).sum(0); ss = ((t - t.mean(0)) ** 2).sum(0)
+    err = ((p - t) ** 2).sum(0)
+    ss = ((t - t.mean(0)) ** 2).sum(0)
     pc, tc = p - p.mean(0), t - t.mean(0)
     den = np.sqrt((pc ** 2).sum(0) * (tc ** 2).sum(0))
     return pd.DataFrame({'channel': np.arange(p.shape[1]), 'mse': err / len(p),
@@ -44,17 +53,22 @@ def channel_scores(pred, truth) -> pd.DataFrame:
 
 # %% ../nbs/09_evaluate.ipynb
 def load_test_sets(data_dir: str | Path, monkey: str) -> dict[str, dict]:
-    "Per session: `masked` input, `truth`, its `kind` and, on synthetic data, the simulator's `oracle` forecast."
+    """Per session: `masked` input, `truth`, its `kind` and, on synthetic data, the simulator's `oracle`
+    forecast."""
     out = {}
     for s in find_sessions(data_dir, monkey, 'test'):          # a day with test files only is scored too
         C = get_monkey(monkey).n_channels
         masked = load_npz(session_path(data_dir, s, 'test'), C)
         try: truth = load_session(session_path(data_dir, s, 'truth'), monkey, 'truth')
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"{e}. Scoring needs the unmasked test truth in {resolve_path(data_dir) / 'test_truth'}") from None
+            raise FileNotFoundError(
+                f"{e}. Scoring needs the unmasked test truth in {resolve_path(data_dir) / 'test_truth'}"
+            ) from None
         if len(truth) != len(masked):
-            raise ValueError(f"{session_path(data_dir, s, 'truth')}: expected {len(masked)} trials, as in its masked test file, "
-                             f"found {len(truth)}")
+            raise ValueError(
+                f"{session_path(data_dir, s, 'truth')}: expected {len(masked)} trials, as in its masked test"
+                f" file, found {len(truth)}"
+            )
         oracle_path = resolve_path(data_dir) / 'test_truth' / f'oracle_{s.key}.npz'
         oracle = None
         if oracle_path.exists():
@@ -67,41 +81,102 @@ def load_test_sets(data_dir: str | Path, monkey: str) -> dict[str, dict]:
 def _rows(label, group, seeds, members, preds, sets):
     rows, mses = [], {}
     for name, ts in sets.items():
-        p = preds[name]; mses[name] = challenge_mse(p, ts['truth'])
+        p = preds[name]
+        mses[name] = challenge_mse(p, ts['truth'])
         cs = channel_scores(p, ts['truth'])
-        vals = {'mse': mses[name], 'r2_mean': float(np.nanmean(cs.r2)), 'pearson_mean': float(np.nanmean(cs.pearson)),
-                **{f'mse_step{10 + i}': float(v) for i, v in enumerate(step_mse(p, ts['truth']))}}
-        if ts['oracle'] is not None: vals['oracle_ratio'] = mses[name] / challenge_mse(ts['oracle'], ts['truth'])
-        rows += [dict(model=label, group=group, seeds=seeds, members=members, test_set=name, kind=ts['kind'], metric=k, value=v)
-                 for k, v in vals.items()]
-    oracle = {n: challenge_mse(ts['oracle'], ts['truth']) for n, ts in sets.items() if ts['oracle'] is not None}
-    for name, kind, names in [('total', 'all', list(mses)), ('same-day', 'same-day', [n for n in mses if sets[n]['kind'] == 'same-day']),
-                              ('cross-date', 'cross-date', [n for n in mses if sets[n]['kind'] == 'cross-date'])]:
-        if not names: continue
+        vals = {
+            'mse': mses[name],
+            'r2_mean': float(np.nanmean(cs.r2)),
+            'pearson_mean': float(np.nanmean(cs.pearson)),
+            **{f'mse_step{10 + i}': float(v) for i, v in enumerate(step_mse(p, ts['truth']))},
+        }
+        if ts['oracle'] is not None:
+            vals['oracle_ratio'] = mses[name] / challenge_mse(ts['oracle'], ts['truth'])
+        rows += [
+            dict(
+                model=label,
+                group=group,
+                seeds=seeds,
+                members=members,
+                test_set=name,
+                kind=ts['kind'],
+                metric=k,
+                value=v,
+            )
+            for k, v in vals.items()
+        ]
+    oracle = {
+        n: challenge_mse(ts['oracle'], ts['truth']) for n, ts in sets.items() if ts['oracle'] is not None
+    }
+    for name, kind, names in [
+        ('total', 'all', list(mses)),
+        ('same-day', 'same-day', [n for n in mses if sets[n]['kind'] == 'same-day']),
+        ('cross-date', 'cross-date', [n for n in mses if sets[n]['kind'] == 'cross-date']),
+    ]:
+        if not names:
+            continue
         v = float(np.mean([mses[n] for n in names]))
-        rows.append(dict(model=label, group=group, seeds=seeds, members=members, test_set=name, kind=kind, metric='mse', value=v))
+        rows.append(
+            dict(
+                model=label,
+                group=group,
+                seeds=seeds,
+                members=members,
+                test_set=name,
+                kind=kind,
+                metric='mse',
+                value=v,
+            )
+        )
         if len(oracle) == len(sets):
-            rows.append(dict(model=label, group=group, seeds=seeds, members=members, test_set=name, kind=kind, metric='oracle_ratio',
-                             value=v / float(np.mean([oracle[n] for n in names]))))
+            rows.append(
+                dict(
+                    model=label,
+                    group=group,
+                    seeds=seeds,
+                    members=members,
+                    test_set=name,
+                    kind=kind,
+                    metric='oracle_ratio',
+                    value=v / float(np.mean([oracle[n] for n in names])),
+                )
+            )
     return rows
 
 def _route_rows(label, group, seeds, members, forecaster, sets, warn: bool) -> list[dict]:
-    "Per test file: its distance to the nearest day the run knows (in that day's radii) and whether it is an unseen day."
+    """Per test file: its distance to the nearest day the run knows (in that day's radii) and whether it is an
+    unseen day."""
     rows = []
     for name, ts in sets.items():
         r = forecaster.route(ts['masked'])
         if r['unseen'] and warn:
-            warnings.warn(f"{name}: the test file lies outside every day {label} was trained on (median trial at "
-                          f"{r['nearest']:.1f}× the nearest day's radius); forecast as an unseen day: per-trial context "
-                          f"normalisation and the mean session embedding", stacklevel=3)
-        rows += [dict(model=label, group=group, seeds=seeds, members=members, test_set=name, kind=ts['kind'], metric=k, value=v)
-                 for k, v in [('day_distance', r['nearest']), ('unseen_day', float(r['unseen']))]]
+            warnings.warn(
+                f"{name}: the test file lies outside every day {label} was trained on (median trial at"
+                f" {r['nearest']:.1f}× the nearest day's radius); forecast as an unseen day: per-trial"
+                " context normalisation and the mean session embedding",
+                stacklevel=3,
+            )
+        rows += [
+            dict(
+                model=label,
+                group=group,
+                seeds=seeds,
+                members=members,
+                test_set=name,
+                kind=ts['kind'],
+                metric=k,
+                value=v,
+            )
+            for k, v in [('day_distance', r['nearest']), ('unseen_day', float(r['unseen']))]
+        ]
     return rows
 
 def evaluate(runs: str | Path | list, data_dir: str | Path, ensemble: bool = True, norm: str = 'session',
              device: str = 'cpu', save: bool = True, return_predictions: bool = False):
-    "Tidy table (model × test set × metric) of `runs` on the test files of `data_dir`; saved as CSV next to the runs."
-    if norm not in ('session', 'context', 'both'): raise ValueError(f"Unknown norm {norm!r}; expected 'session', 'context' or 'both'")
+    """Tidy table (model × test set × metric) of `runs` on the test files of `data_dir`; saved as CSV next to
+    the runs."""
+    if norm not in ('session', 'context', 'both'):
+        raise ValueError(f"Unknown norm {norm!r}; expected 'session', 'context' or 'both'")
     dirs = resolve_runs(runs, data_dir, code='warn')      # refused unless trained on these files
     monkey = read_json(dirs[0] / 'metrics.json')['monkey']
     sets = load_test_sets(data_dir, monkey)
@@ -109,20 +184,36 @@ def evaluate(runs: str | Path | list, data_dir: str | Path, ensemble: bool = Tru
     for norm_ in (['session', 'context'] if norm == 'both' else [norm]):
         suffix = '' if norm_ == 'session' else ' [context-norm]'
         for d in dirs:
-            f = load_run(d, device, verify=False); f.norm = norm_
+            f = load_run(d, device, verify=False)
+            f.norm = norm_
             m = json.loads((d / 'metrics.json').read_text())
             group = (m['phase'] if m['model'] == 'amag' else m['model']) + suffix
             label = f"{group} seed{m['seed']}"
             preds[label] = {n: f.predict(ts['masked']) for n, ts in sets.items()}
             groups.setdefault(group, []).append((label, m['seed'], f"{d.name}:{'+'.join(f.members)}"))
             rows += _rows(label, group, str(m['seed']), f"{d.name}:{'+'.join(f.members)}", preds[label], sets)
-            rows += _route_rows(label, group, str(m['seed']), f"{d.name}:{'+'.join(f.members)}", f, sets, warn=norm_ == 'session')
+            rows += _route_rows(
+                label,
+                group,
+                str(m['seed']),
+                f"{d.name}:{'+'.join(f.members)}",
+                f,
+                sets,
+                warn=norm_ == 'session',
+            )
     if ensemble:
         for group, mem in groups.items():
             if len(mem) < 2: continue
             label = f"{group} ({len(mem)} seeds)"
             preds[label] = {n: np.mean([preds[l][n] for l, _, _ in mem], 0) for n in sets}
-            rows += _rows(label, group, ','.join(str(s) for _, s, _ in mem), ' | '.join(x for _, _, x in mem), preds[label], sets)
+            rows += _rows(
+                label,
+                group,
+                ','.join(str(s) for _, s, _ in mem),
+                ' | '.join(x for _, _, x in mem),
+                preds[label],
+                sets,
+            )
     if all(ts['oracle'] is not None for ts in sets.values()):
         preds['oracle'] = {n: ts['oracle'] for n, ts in sets.items()}
         rows += _rows('oracle', 'oracle', '', 'simulator', preds['oracle'], sets)
@@ -130,15 +221,21 @@ def evaluate(runs: str | Path | list, data_dir: str | Path, ensemble: bool = Tru
     if save:
         out = dirs[0].parent / f'evaluation-{monkey}.csv'
         if out.exists(): print(f"Replacing the evaluation table {out}")
-        df.to_csv(out, index=False); df.attrs['path'] = str(out)
+        df.to_csv(out, index=False)
+        df.attrs['path'] = str(out)
     return (df, preds, sets) if return_predictions else df
 
 def phase_table(df: pd.DataFrame) -> pd.DataFrame:
-    "Wide summary: one row per model, MSE per test set, same-day / cross-date / total, and oracle ratios when present."
+    """Wide summary: one row per model, MSE per test set, same-day / cross-date / total, and oracle ratios
+    when present."""
     mse = df[df.metric == 'mse'].pivot_table(index='model', columns='test_set', values='value', sort=False)
-    order = [c for c in mse.columns if c not in ('same-day', 'cross-date', 'total')] + [c for c in ('same-day', 'cross-date', 'total') if c in mse.columns]
+    order = [c for c in mse.columns if c not in ('same-day', 'cross-date', 'total')] + [
+        c for c in ('same-day', 'cross-date', 'total') if c in mse.columns
+    ]
     mse = mse[order]
     if (df.metric == 'oracle_ratio').any():
-        r = df[df.metric == 'oracle_ratio'].pivot_table(index='model', columns='test_set', values='value', sort=False)
+        r = df[df.metric == 'oracle_ratio'].pivot_table(
+            index='model', columns='test_set', values='value', sort=False
+        )
         mse = mse.join(r.add_prefix('÷oracle '))
     return mse.sort_values('total')

@@ -32,11 +32,15 @@ def fast_form(cls: type) -> type:
 def accelerate(model: nn.Module,
                adaptor_chunk: int = 0,            # Adaptor tile: target channels per tile (0: `auto_chunk`)
                checkpoint: bool = False,          # keep no Adaptor pair activations (recompute in backward)
-               encoder_tile: int | None = None,   # TE/TR sequences per recomputed tile (0: none; None: 256 on a CPU)
-               encoder_keep_mb: int = 0,          # per TE/TR/channel attention: MB of tile graphs kept, not recomputed
+               # TE/TR sequences per recomputed tile (0: none; None: 256 on a CPU)
+               encoder_tile: int | None = None,
+               # per TE/TR/channel attention: MB of tile graphs kept, not recomputed
+               encoder_keep_mb: int = 0,
               ) -> nn.Module:
-    "Turn the faithful `model` (or any of its parts) into the fast one, in place; call again to change the settings."
-    if adaptor_chunk < 0: raise ValueError(f"adaptor_chunk must be >= 0 (0 = automatic), found {adaptor_chunk}")
+    """Turn the faithful `model` (or any of its parts) into the fast one, in place; call again to change the
+    settings."""
+    if adaptor_chunk < 0:
+        raise ValueError(f"adaptor_chunk must be >= 0 (0 = automatic), found {adaptor_chunk}")
     if encoder_tile is not None and encoder_tile < 0:
         raise ValueError(f"encoder_tile must be >= 0 (0 = no tiling), found {encoder_tile}")
     if encoder_keep_mb < 0: raise ValueError(f"encoder_keep_mb must be >= 0, found {encoder_keep_mb}")
@@ -56,7 +60,8 @@ def keep_mask(shape: tuple[int, ...], # the mask's shape
              ) -> Tensor:              # uint8 (1 = keep) on the CPU
     "Bernoulli(1-p) keep mask from 32-bit uniform integers of NumPy's PCG64, seeded from torch's generator."
     n = math.prod(shape)
-    seed = int(torch.randint(0, 2 ** 62, (1,)))    # torch.manual_seed and checkpoint's RNG replay govern the mask
+    # torch.manual_seed and checkpoint's RNG replay govern the mask
+    seed = int(torch.randint(0, 2 ** 62, (1,)))
     u = np.random.PCG64(seed).random_raw((n + 1) // 2).view(np.uint32)[:n]
     return torch.from_numpy((u >= np.uint32(round(p * 2 ** 32))).view(np.uint8)).view(shape)
 
@@ -85,7 +90,8 @@ class Dropout(nn.Dropout):
 # %% ../nbs/04a_fast.ipynb
 @fast_form
 class FastSelfAttention(SelfAttention):
-    "`SelfAttention` written out on the CPU (`keep_mask` dropout), with outputs for positions >= `start` only."
+    """`SelfAttention` written out on the CPU (`keep_mask` dropout), with outputs for positions >= `start`
+    only."""
     def forward(self, x: Tensor, start: int = 0) -> Tensor:
         N, L, d = x.shape
         h = self.heads
@@ -136,7 +142,8 @@ def _saved_bytes(fn, *args) -> tuple[Tensor, int]:
 
 # %% ../nbs/04a_fast.ipynb
 class _Tiles(torch.autograd.Function):
-    "`fn` over tiles of `x`: the first tiles keep their graph while `keep` bytes last, the rest are recomputed."
+    """`fn` over tiles of `x`: the first tiles keep their graph while `keep` bytes last, the rest are
+    recomputed."""
     @staticmethod
     def forward(ctx, fn, x, tile: int, keep: int, *params):
         dev = x.device.type
@@ -164,7 +171,8 @@ class _Tiles(torch.autograd.Function):
         want_x, want_p = ctx.needs_input_grad[1], ctx.needs_input_grad[4:]
         gx = torch.empty_like(x) if want_x else None
         live = [i for i, w in enumerate(want_p) if w]
-        gp = [torch.zeros_like(p) if i in live else None for i, p in enumerate(params)]   # before the tiles' buffers
+        # before the tiles' buffers
+        gp = [torch.zeros_like(p) if i in live else None for i, p in enumerate(params)]
         def grad(s, xi, yi):
             wrt = [xi] * want_x + [params[i] for i in live]
             grads = torch.autograd.grad(yi, wrt, g[s:s + len(xi)], allow_unused=True)
@@ -187,19 +195,22 @@ class _Tiles(torch.autograd.Function):
         return None, gx, None, None, *gp
 
 def _tiled(fn, x: Tensor, tile: int, params=(), keep: int = 0) -> Tensor:
-    "`fn` (using `params`) over tiles of `x`'s first axis; with gradients, tiles beyond `keep` bytes are recomputed."
+    """`fn` (using `params`) over tiles of `x`'s first axis; with gradients, tiles beyond `keep` bytes are
+    recomputed."""
     if not tile or len(x) <= tile: return fn(x)
     if not torch.is_grad_enabled(): return _fill(fn, x, tile)
     return _Tiles.apply(fn, x, tile, keep, *[p for p in params if p.requires_grad])
 
 def tile_size(tile: int | None, x: Tensor) -> int:
-    "Sequences per tile: `tile`, or for None 256 on a CPU (tiles pay off on its caches) and 0 (no tiles) elsewhere."
+    """Sequences per tile: `tile`, or for None 256 on a CPU (tiles pay off on its caches) and 0 (no tiles)
+    elsewhere."""
     return (256 if x.device.type == 'cpu' else 0) if tile is None else tile
 
 # %% ../nbs/04a_fast.ipynb
 @fast_form
 class FastEncoder(Encoder):
-    "`Encoder` in recomputed tiles of `tile` sequences, keeping `keep` bytes of tile graphs; outputs from `start`."
+    """`Encoder` in recomputed tiles of `tile` sequences, keeping `keep` bytes of tile graphs; outputs from
+    `start`."""
     tile, keep = None, 0
 
     def _run(self, x: Tensor, start: int = 0) -> Tensor:
@@ -221,7 +232,9 @@ class FastTemporalEncoder(TemporalEncoder):
         B, T, C, Fe = x.shape
         seqs = x.transpose(1, 2).reshape(B * C, T, Fe)
         enc = self.encoder
-        return _tiled(self._run, seqs, tile_size(enc.tile, seqs), self.parameters(), enc.keep).view(B, C, T, -1)
+        return _tiled(self._run, seqs, tile_size(enc.tile, seqs), self.parameters(), enc.keep).view(
+            B, C, T, -1
+        )
 
 @fast_form
 class FastTemporalReadout(TemporalReadout):
@@ -249,11 +262,13 @@ class FastChannelAttention(ChannelAttention):
         return _tiled(self._block, x, t, self.parameters(), self.keep).view(B, T, C, d).transpose(1, 2)
 
 # %% ../nbs/04a_fast.ipynb
-ADAPTOR_KEEP_BYTES = 512 * 2 ** 20   # keep both hidden layers of every pair when they fit in this; else only the last
+# keep both hidden layers of every pair when they fit in this; else only the last
+ADAPTOR_KEEP_BYTES = 512 * 2 ** 20
 _relu_grad = torch.ops.aten.threshold_backward   # grad * [out > 0]: the ReLU derivative from its output
 
 def auto_chunk(B: int, C: int, device: torch.device | str = 'cpu') -> int:
-    "Target channels per Adaptor tile: about 4k pairs on a CPU (cache-sized), about 1M on a GPU (few launches)."
+    """Target channels per Adaptor tile: about 4k pairs on a CPU (cache-sized), about 1M on a GPU (few
+    launches)."""
     rows = (1 << 20) if torch.device(device).type == 'cuda' else 4096
     return max(1, min(C, rows // max(B * C, 1)))
 
@@ -261,14 +276,16 @@ def auto_chunk(B: int, C: int, device: torch.device | str = 'cpu') -> int:
 _POOL: dict = {}   # (device, dtype) -> free buffers for the kept pair activations, reused step after step
 
 def _take(n: int, like: Tensor) -> Tensor:
-    "A 1-D buffer of `n` elements, from the pool when one is large enough: fresh memory costs a page fault per 4 KiB."
+    """A 1-D buffer of `n` elements, from the pool when one is large enough: fresh memory costs a page fault
+    per 4 KiB."""
     free = _POOL.get((like.device, like.dtype), [])
     for i, b in enumerate(free):
         if b.numel() >= n: return free.pop(i)[:n]
     return like.new_empty(n)
 
 def _give(buf: Tensor):
-    "Return a buffer from `_take` (its whole storage) to the pool, which keeps the largest two per device and dtype."
+    """Return a buffer from `_take` (its whole storage) to the pool, which keeps the largest two per device
+    and dtype."""
     base = buf if buf._base is None else buf._base
     free = _POOL.setdefault((base.device, base.dtype), [])
     free.append(base)
@@ -285,7 +302,8 @@ class _Lease:
 
 # %% ../nbs/04a_fast.ipynb
 class _PairMLP(torch.autograd.Function):
-    "Gates of every (u, v): σ(w₃·r(W₂ r(W₁ r(P_u + Q_v) + b₁) + b₂) + b₃), r = ReLU; tiled, recomputing backward."
+    """Gates of every (u, v): σ(w₃·r(W₂ r(W₁ r(P_u + Q_v) + b₁) + b₂) + b₃), r = ReLU; tiled, recomputing
+    backward."""
     @staticmethod
     def _h1(P, Q, v, c, W1, b1, xbuf, hbuf, fresh: bool = True):
         "A tile's x = r(P_u + Q_v) (M, k) and h = r(W₁x + b₁) (M, n1) (or the kept h when not `fresh`)."
@@ -331,7 +349,9 @@ class _PairMLP(torch.autograd.Function):
         chunk, keep = ctx.chunk, ctx.keep
         B, C, k = P.shape
         Cv, n1, n2 = Q.shape[1], W1.shape[0], W2.shape[0]
-        acc = dict(dtype=torch.float32 if P.dtype in (torch.float16, torch.bfloat16) else P.dtype, device=P.device)
+        acc = dict(
+            dtype=torch.float32 if P.dtype in (torch.float16, torch.bfloat16) else P.dtype, device=P.device
+        )
         dP, dQ = torch.zeros(B, C, k, **acc), torch.empty(B, Cv, k, **acc)
         dW1, db1, dW2 = torch.zeros(n1, k, **acc), torch.zeros(n1, **acc), torch.zeros(n2, n1, **acc)
         db2, dw3 = torch.zeros(n2, **acc), torch.zeros(n2, **acc)
@@ -367,7 +387,7 @@ class FastAdaptor(Adaptor):
     chunk, checkpoint = 0, False
 
     def forward(self, H: Tensor,
-                chunk: int | None = None,         # target channels per tile; 0: `auto_chunk`; None: `self.chunk`
+                chunk: int | None = None,  # target channels per tile; 0: `auto_chunk`; None: `self.chunk`
                 checkpoint: bool | None = None,   # keep no pair activations; None: `self.checkpoint`
                ) -> Tensor:
         chunk = self.chunk if chunk is None else chunk
@@ -378,7 +398,8 @@ class FastAdaptor(Adaptor):
         chunk = chunk or auto_chunk(H.shape[0], H.shape[1], H.device)
         B, C = H.shape[:2]
         both = B * C * C * (f1.out_features + f2.out_features) * P.element_size() <= ADAPTOR_KEEP_BYTES
-        keep = 0 if checkpoint or not torch.is_grad_enabled() else (2 if both else 1)   # inference keeps nothing
+        # inference keeps nothing
+        keep = 0 if checkpoint or not torch.is_grad_enabled() else (2 if both else 1)
         return _PairMLP.apply(P, Q, f1.weight, f1.bias, f2.weight, f2.bias, f3.weight, f3.bias, chunk, keep)
 
 # %% ../nbs/04a_fast.ipynb
@@ -388,7 +409,8 @@ class FastSpatialInteraction(SpatialInteraction):
     def forward(self, h: Tensor) -> Tensor:
         B, C, T, d = h.shape
         hf = h.reshape(B, C, T * d)
-        if self.adaptor is None: a = self.A_a.T.expand(B, C, C) @ hf  # batched: 2x faster than a folded one on CPU
+        # batched: 2x faster than a folded one on CPU
+        if self.adaptor is None: a = self.A_a.T.expand(B, C, C) @ hf
         else: a = (self.adaptor(hf) * self.A_a).transpose(1, 2) @ hf
         bias = self.beta[1] * self.fc_a.bias + (self.beta[2] * self.fc_m.bias if self.A_m is not None else 0)
         acc = (lambda z, x, w: z + x @ w) if _amp(h.device.type)[0] else torch.addmm

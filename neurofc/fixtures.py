@@ -34,32 +34,49 @@ TINY = dict(hidden=8, d_ff=16, heads=2, channel_heads=2, epochs=2, val_every=1, 
 _DATA = ('train_limit', 'val_frac', 'cross_val_frac', 'batch_size')
 
 def tiny_config(phase: str = 'paper', monkey: str = 'beignet', model: str = 'amag', **overrides) -> RunConfig:
-    "`phase`'s quick configuration at the `TINY` sizes (a baseline: its own sizes on `TINY`'s data), then `overrides`."
+    """`phase`'s quick configuration at the `TINY` sizes (a baseline: its own sizes on `TINY`'s data), then
+    `overrides`."""
     kw = TINY if model == 'amag' else {k: TINY[k] for k in _DATA}
     if model == 'gru': kw = {**kw, 'hidden': 16, 'epochs': 2}
     return phase_config(phase, monkey, quick=True, model=model, **{**kw, **overrides})
 
-def quick_runs(monkey: str, runs_dir: str | Path, models=('persistence', 'ridge', 'paper', 'compete'), seeds=(0,),
-               **overrides) -> list[Path]:
+def quick_runs(
+    monkey: str,
+    runs_dir: str | Path,
+    models=('persistence', 'ridge', 'paper', 'compete'),
+    seeds=(0,),
+    **overrides
+) -> list[Path]:
     "Train tiny runs (seconds each) of baselines and/or phases on synthetic `monkey` data into `runs_dir`."
     dirs = []
     for m in models:
         phase, model = (m, 'amag') if m in ('paper', 'compete', 'reference') else ('paper', m)
         cfg = tiny_config(phase, monkey, model, **overrides)
-        dirs += train_seeds(cfg, synthetic_dir(monkey), seeds=seeds, runs_dir=runs_dir, device='cpu', progress=False)
+        dirs += train_seeds(
+            cfg, synthetic_dir(monkey), seeds=seeds, runs_dir=runs_dir, device='cpu', progress=False
+        )
     return dirs
 
 # %% ../nbs/99_fixtures.ipynb
-def extra_day_tree(out: str | Path, monkey: str = 'beignet', key: str | None = None, n_train: int = 60, n_test: int = 40,
-                   seed: int = 0) -> Path:
-    "A copy of the synthetic tree of `monkey` in `out` plus one more simulated day (train, masked test, truth, oracle)."
+def extra_day_tree(
+    out: str | Path,
+    monkey: str = 'beignet',
+    key: str | None = None,
+    n_train: int = 60,
+    n_test: int = 40,
+    seed: int = 0,
+) -> Path:
+    """A copy of the synthetic tree of `monkey` in `out` plus one more simulated day (train, masked test,
+    truth, oracle)."""
     out, m = Path(out), get_monkey(monkey)
     shutil.copytree(synthetic_dir(monkey), out, dirs_exist_ok=True)
     key = key or f'{m.name}_extra'
-    s = Session(m.name, key, key)                     # for the simulator only: one more day after the registered ones
+    s = Session(m.name, key, key)  # for the simulator only: one more day after the registered ones
     m.sessions.append(s)
-    try: day = make_days(m.name, seed=seed)[-1]
-    finally: m.sessions.remove(s)
+    try:
+        day = make_days(m.name, seed=seed)[-1]
+    finally:
+        m.sessions.remove(s)
     b = simulate(day, n_train + n_test, _rng(seed, m.name, 3, len(m.registered)))
     save_npz(out / 'train' / s.train_file, b.x[:n_train])
     save_npz(out / 'test' / s.test_file, mask_future(b.x[n_train:]))

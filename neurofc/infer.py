@@ -11,7 +11,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import T_CONTEXT, T_TOTAL, Stats, check_array, mask_future, normalize, denormalize_lmp, file_digest
+from neurofc.core import (
+    T_CONTEXT,
+    T_TOTAL,
+    Stats,
+    check_array,
+    mask_future,
+    normalize,
+    denormalize_lmp,
+    file_digest,
+)
 from .amag import ADAPTOR_WIDTHS
 from .models import MODELS
 
@@ -23,14 +32,23 @@ def binom_tail(k: int, n: int, p: float) -> float:
     "P(X >= k) for X ~ Binomial(n, p), summed in log space (no overflow for large n)."
     if k <= 0: return 1.0
     lp, lq = math.log(p), math.log1p(-p)
-    return min(1.0, sum(math.exp(math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * lp + (n - j) * lq)
-                        for j in range(k, n + 1)))
+    return min(
+        1.0,
+        sum(
+            math.exp(math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * lp + (n - j) * lq)
+            for j in range(k, n + 1)
+        ),
+    )
 
 class SessionRouter:
     "Nearest-centroid day classifier on context-LMP statistics of raw trials, with each day's own spread."
-    def __init__(self, keys: Sequence[str],
-                 quantile: float = 0.95, # a day's radius: this quantile of its training trials' distances to its centroid
-                 alpha: float = 1e-3):   # a file is unseen when so many trials lie beyond every radius that P < alpha
+    def __init__(
+        self,
+        keys: Sequence[str],
+        # a day's radius: this quantile of its training trials' distances to its centroid
+        quantile: float = 0.95,
+        alpha: float = 1e-3,
+    ):  # a file is unseen when so many trials lie beyond every radius that P < alpha
         self.keys, self.quantile, self.alpha, self.radius = list(keys), quantile, alpha, None
 
     @staticmethod
@@ -40,12 +58,14 @@ class SessionRouter:
         return np.concatenate([x.mean(1), np.log(x.std(1) + 1e-3)], 1)
 
     def _dist(self, f) -> np.ndarray:
-        "Squared distance (N, K) of features `f` to each day's centroid, standardised over all days (routing)."
+        """Squared distance (N, K) of features `f` to each day's centroid, standardised over all days
+        (routing)."""
         z = (f - self.mu) / self.sd
         return ((z[:, None] - self.centroids[None]) ** 2).sum(-1)
 
     def _spread(self, f) -> np.ndarray:
-        "Root-mean-square distance (N, K) of features `f` to each day, every feature in units of that day's own std."
+        """Root-mean-square distance (N, K) of features `f` to each day, every feature in units of that day's
+        own std."""
         return np.sqrt((((f[:, None] - self.day_mu[None]) / self.day_sd[None]) ** 2).mean(-1))
 
     def fit(self, arrays: dict[str, np.ndarray]) -> SessionRouter:
@@ -54,17 +74,24 @@ class SessionRouter:
         allf = np.concatenate(list(f.values()))
         self.mu, self.sd = allf.mean(0), allf.std(0) + 1e-6
         self.centroids = np.stack([((f[k] - self.mu) / self.sd).mean(0) for k in self.keys])
-        self.day_mu, self.day_sd = np.stack([f[k].mean(0) for k in self.keys]), np.stack([f[k].std(0) + 1e-6 for k in self.keys])
-        self.radius = np.array([np.quantile(self._spread(f[k])[:, i], self.quantile) for i, k in enumerate(self.keys)])
+        self.day_mu, self.day_sd = np.stack([f[k].mean(0) for k in self.keys]), np.stack(
+            [f[k].std(0) + 1e-6 for k in self.keys]
+        )
+        self.radius = np.array(
+            [np.quantile(self._spread(f[k])[:, i], self.quantile) for i, k in enumerate(self.keys)]
+        )
         return self
 
     def distances(self, x) -> np.ndarray:
-        "Distance (N, K) of each trial of raw `x` to each day, in units of that day's radius (> 1: beyond its spread)."
-        if self.radius is None: raise ValueError("this router was saved without day radii (an older neurofc): refit it")
+        """Distance (N, K) of each trial of raw `x` to each day, in units of that day's radius (> 1: beyond
+        its spread)."""
+        if self.radius is None:
+            raise ValueError("this router was saved without day radii (an older neurofc): refit it")
         return self._spread(self.features(x)) / self.radius
 
     def predict(self, x) -> np.ndarray:
-        "Session index of each trial of raw `x` (N, 20, C, F); -1 for a trial whose context LMP is not finite."
+        """Session index of each trial of raw `x` (N, 20, C, F); -1 for a trial whose context LMP is not
+        finite."""
         return self._vote(self._dist(self.features(x)))
 
     @staticmethod
@@ -74,66 +101,105 @@ class SessionRouter:
         return np.where(ok, np.where(ok[:, None], d, 0).argmin(1), -1)
 
     def route(self, x) -> dict:
-        "How a whole file of raw `x` relates to the known days: nearest day, distances, and whether it is unseen."
-        if self.radius is None: raise ValueError("this router was saved without day radii (an older neurofc): refit it")
+        """How a whole file of raw `x` relates to the known days: nearest day, distances, and whether it is
+        unseen."""
+        if self.radius is None:
+            raise ValueError("this router was saved without day radii (an older neurofc): refit it")
         f = self.features(x)                            # once: routing and spreads use the same features
         d, s = self._spread(f) / self.radius, self._vote(self._dist(f))
         ok = s >= 0
-        if not ok.any(): raise ValueError(f"none of the {len(x)} trial(s) has a finite context LMP: the day cannot be inferred")
+        if not ok.any():
+            raise ValueError(
+                f"none of the {len(x)} trial(s) has a finite context LMP: the day cannot be inferred"
+            )
         near = np.median(d[ok], 0)                      # per day: the median trial's distance
-        out = int((d[ok].min(1) > 1).sum())             # trials beyond every day's radius: ~5 % for a known day
+        out = int((d[ok].min(1) > 1).sum())  # trials beyond every day's radius: ~5 % for a known day
         p = binom_tail(out, int(ok.sum()), 1 - self.quantile)
-        return dict(day=int(np.bincount(s[ok], minlength=len(self.keys)).argmax()), unseen=bool(p < self.alpha),
-                    distance={k: float(v) for k, v in zip(self.keys, near)}, nearest=float(near.min()),
-                    outside=out / int(ok.sum()), p_value=p, trial_distance=d)
+        return dict(
+            day=int(np.bincount(s[ok], minlength=len(self.keys)).argmax()),
+            unseen=bool(p < self.alpha),
+            distance={k: float(v) for k, v in zip(self.keys, near)},
+            nearest=float(near.min()),
+            outside=out / int(ok.sum()),
+            p_value=p,
+            trial_distance=d,
+        )
 
     def predict_file(self, x) -> int:
         "The majority session index of a whole file (trials with a non-finite context do not vote)."
         return self.route(x)['day']
 
     def state_dict(self) -> dict:
-        return {'keys': self.keys, 'mu': self.mu.tolist(), 'sd': self.sd.tolist(), 'centroids': self.centroids.tolist(),
-                'quantile': self.quantile, 'alpha': self.alpha,
-                **{k: None if self.radius is None else getattr(self, k).tolist() for k in ('day_mu', 'day_sd', 'radius')}}
+        return {
+            'keys': self.keys,
+            'mu': self.mu.tolist(),
+            'sd': self.sd.tolist(),
+            'centroids': self.centroids.tolist(),
+            'quantile': self.quantile,
+            'alpha': self.alpha,
+            **{
+                k: None if self.radius is None else getattr(self, k).tolist()
+                for k in ('day_mu', 'day_sd', 'radius')
+            },
+        }
     @classmethod
     def from_state_dict(cls, d: dict) -> SessionRouter:
-        r = cls(d['keys'], d.get('quantile', 0.95), d.get('alpha', 1e-3)); r.mu, r.sd, r.centroids = (np.asarray(d[k]) for k in ('mu', 'sd', 'centroids'))
+        r = cls(d['keys'], d.get('quantile', 0.95), d.get('alpha', 1e-3))
+        r.mu, r.sd, r.centroids = (np.asarray(d[k]) for k in ('mu', 'sd', 'centroids'))
         for k in ('day_mu', 'day_sd', 'radius'): setattr(r, k, None if d.get(k) is None else np.asarray(d[k]))
         return r
 
 # %% ../nbs/04c_infer.ipynb
 class Forecaster:
     "Ensemble of trained models with per-day normalisation and day routing; raw units in and out."
-    def __init__(self, models: list[nn.Module], stats: dict[str, Stats], router: SessionRouter,
-                 device: str | torch.device = 'cpu', batch_size: int = 16, use_session: bool = True,
-                 norm: str = 'session'): # 'session': the day's training statistics; 'context': each trial's own context
-        if norm not in ('session', 'context'): raise ValueError(f"Unknown norm {norm!r}; expected 'session' or 'context'")
+    def __init__(
+        self,
+        models: list[nn.Module],
+        stats: dict[str, Stats],
+        router: SessionRouter,
+        device: str | torch.device = 'cpu',
+        batch_size: int = 16,
+        use_session: bool = True,
+        norm: str = 'session',
+    ):  # 'session': the day's training statistics; 'context': each trial's own context
+        if norm not in ('session', 'context'):
+            raise ValueError(f"Unknown norm {norm!r}; expected 'session' or 'context'")
         self.models = [m.to(device).eval() for m in models]
         self.stats, self.router, self.keys = stats, router, router.keys
-        self.device, self.batch_size, self.use_session, self.norm = torch.device(device), batch_size, use_session, norm
+        self.device, self.batch_size, self.use_session, self.norm = (
+            torch.device(device),
+            batch_size,
+            use_session,
+            norm,
+        )
 
     def route(self, x: np.ndarray) -> dict:
-        "The router's view of a whole file of raw trials: nearest known day, distances, and whether it is unseen."
+        """The router's view of a whole file of raw trials: nearest known day, distances, and whether it is
+        unseen."""
         return self.router.route(x)
 
     @torch.no_grad()
     def predict(self, x: np.ndarray, session: int | None = None) -> np.ndarray:
-        "Forecast raw masked trials `x` (N, 20, C, F) of one file; `session` overrides the router (tests only)."
+        """Forecast raw masked trials `x` (N, 20, C, F) of one file; `session` overrides the router (tests
+        only)."""
         C, Fe = next(iter(self.stats.values())).mean.shape
-        x = check_array(x, C, 'Forecaster.predict input', Fe)           # non-finite values: an error naming the trials
+        x = check_array(x, C, 'Forecaster.predict input', Fe)  # non-finite values: an error naming the trials
         if len(x) == 0: return np.zeros((0, x.shape[1], x.shape[2]), np.float32)
         unseen = False
         if session is None:
-            r = self.route(x); s, unseen = r['day'], r['unseen']
+            r = self.route(x)
+            s, unseen = r['day'], r['unseen']
         else: s = session
-        norm = 'context' if unseen else self.norm          # an unseen day: each trial's own context statistics ...
+        norm = 'context' if unseen else self.norm  # an unseen day: each trial's own context statistics ...
         st = self.stats[self.keys[s]]
         out = []
         for i in range(0, len(x), self.batch_size):
             xr = torch.from_numpy(x[i:i + self.batch_size]).to(self.device)
             tb = context_stats(xr) if norm == 'context' else st
             xb = normalize(xr, tb)
-            sid = torch.full((len(xb),), -1 if unseen else s, device=self.device) if self.use_session else None   # ... and the mean embedding
+            sid = (
+                torch.full((len(xb),), -1 if unseen else s, device=self.device) if self.use_session else None
+            )  # ... and the mean embedding
             yb = torch.stack([m(mask_future(xb), session=sid) for m in self.models]).float().mean(0)
             out.append(denormalize_lmp(yb, tb).cpu())
         y = torch.cat(out).numpy()
@@ -141,7 +207,8 @@ class Forecaster:
         return y
 
 def context_stats(x: torch.Tensor) -> Stats:
-    "Test-time normalisation: per-trial statistics of the context bins, shaped to broadcast over (B, T, C, F)."
+    """Test-time normalisation: per-trial statistics of the context bins, shaped to broadcast over (B, T, C,
+    F)."""
     ctx = x[:, :T_CONTEXT].double()
     mean, std = ctx.mean(1, keepdim=True), ctx.std(1, unbiased=False, keepdim=True)
     std = torch.where(std > 1e-6 * mean.abs().clamp(min=1.0), std, torch.ones_like(std))
@@ -151,34 +218,44 @@ def context_stats(x: torch.Tensor) -> Stats:
 MANIFEST = 'manifest.json'
 
 def repair_nonfinite(x: np.ndarray, fill: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    "`x` (N, T, C, F) with every non-finite value replaced along time (see the rule below), and the trials repaired."
+    """`x` (N, T, C, F) with every non-finite value replaced along time (see the rule below), and the trials
+    repaired."""
     bad = ~np.isfinite(x)
     trials = np.flatnonzero(bad.any(axis=(1, 2, 3)))
     if not len(trials): return x, trials
     sub, b = x[trials], bad[trials]
     T = x.shape[1]
     t = np.arange(T).reshape(1, T, 1, 1)
-    before = np.maximum.accumulate(np.where(b, -1, t), axis=1)                   # last finite bin at or before t
-    after = np.flip(np.minimum.accumulate(np.flip(np.where(b, T, t), 1), axis=1), 1)   # first finite bin at or after t
+    before = np.maximum.accumulate(np.where(b, -1, t), axis=1)  # last finite bin at or before t
+    # first finite bin at or after t
+    after = np.flip(np.minimum.accumulate(np.flip(np.where(b, T, t), 1), axis=1), 1)
     src = np.where(before >= 0, before, after)
     y = np.take_along_axis(sub, np.minimum(src, T - 1), axis=1)
-    y = np.where(src == T, np.asarray(fill, x.dtype)[None, None], y)             # no finite value in the series
-    out = x.copy(); out[trials] = y
+    y = np.where(src == T, np.asarray(fill, x.dtype)[None, None], y)  # no finite value in the series
+    out = x.copy()
+    out[trials] = y
     return out, trials
 
 def _batch_for(run: dict, n_channels: int, budget: int = 1 << 28) -> int:
-    "Trials per batch: 64, or for AMAG's Adaptor as many as keep its pair layers' activations within `budget` bytes."
+    """Trials per batch: 64, or for AMAG's Adaptor as many as keep its pair layers' activations within
+    `budget` bytes."""
     if run['model'] != 'amag' or not run['kwargs'].get('adaptor', True): return 64
     return max(1, min(64, budget // (n_channels ** 2 * sum(ADAPTOR_WIDTHS) * 4)))
 
 class Model:
-    "The challenge's interface to an exported neurofc submission: `Model(monkey_name)`, `.load()`, `.predict(x)`."
-    def __init__(self, monkey_name: str = 'beignet', # 'affi' or 'beignet', as the ingestion passes it
-                 root: str | None = None,            # folder holding the manifest; default: the one holding neurofc/
-                 device: str | None = None,          # default: 'cuda' when available, else 'cpu'
-                 batch_size: int | None = None):     # trials per device batch; None: 64, fewer with the Adaptor
+    """The challenge's interface to an exported neurofc submission: `Model(monkey_name)`, `.load()`,
+    `.predict(x)`."""
+    def __init__(
+        self,
+        monkey_name: str = 'beignet',  # 'affi' or 'beignet', as the ingestion passes it
+        root: str | None = None,  # folder holding the manifest; default: the one holding neurofc/
+        device: str | None = None,  # default: 'cuda' when available, else 'cpu'
+        batch_size: int | None = None,
+    ):  # trials per device batch; None: 64, fewer with the Adaptor
         self.monkey_name, self.batch_size = monkey_name, batch_size
-        self.root = str(root) if root is not None else os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self.root = (
+            str(root) if root is not None else os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        )
         self.device = torch.device(device if device else ('cuda' if torch.cuda.is_available() else 'cpu'))
         self.forecasters, self.runs = [], []
 
@@ -191,12 +268,15 @@ class Model:
         "Build every exported run's `Forecaster` for this monkey from the files next to the manifest."
         spec = self._read_json(MANIFEST)['monkeys']
         if self.monkey_name not in spec:
-            raise ValueError(f"This submission holds no model for monkey {self.monkey_name!r}; it holds {sorted(spec)}")
+            raise ValueError(
+                f"This submission holds no model for monkey {self.monkey_name!r}; it holds {sorted(spec)}"
+            )
         spec = spec[self.monkey_name]
         self.n_channels, self.n_features, self.runs = spec['n_channels'], spec['n_features'], spec['runs']
         self.forecasters = []
         for run in self.runs:
-            if run['model'] not in MODELS: raise ValueError(f"Unknown model {run['model']!r}; known: {sorted(MODELS)}")
+            if run['model'] not in MODELS:
+                raise ValueError(f"Unknown model {run['model']!r}; known: {sorted(MODELS)}")
             stats = {k: Stats.from_dict(v) for k, v in self._read_json(run['stats']).items()}
             router = SessionRouter.from_state_dict(self._read_json(run['router']))
             models = []
@@ -205,7 +285,9 @@ class Model:
                 m.load_state_dict(self._weights(os.path.join(self.root, member), digest))
                 models.append(m)
             bs = self.batch_size or _batch_for(run, self.n_channels)
-            self.forecasters.append(Forecaster(models, stats, router, self.device, bs, run['use_session'], run['norm']))
+            self.forecasters.append(
+                Forecaster(models, stats, router, self.device, bs, run['use_session'], run['norm'])
+            )
         return self
 
     @staticmethod
@@ -214,33 +296,45 @@ class Model:
         if not os.path.exists(path): raise FileNotFoundError(f"Submission file {path} is missing")
         if digest is not None:
             if (found := file_digest(path)) != digest:
-                raise ValueError(f"{path}: expected the weights exported with SHA-256 {digest[:12]}…, found a file with "
-                                 f"SHA-256 {found[:12]}… (damaged or replaced): export the submission again")
+                raise ValueError(
+                    f"{path}: expected the weights exported with SHA-256 {digest[:12]}…, found a file with "
+                    f"SHA-256 {found[:12]}… (damaged or replaced): export the submission again"
+                )
         try: return torch.load(path, map_location='cpu', weights_only=True)
         except Exception as e:
-            raise ValueError(f"{path}: expected a PyTorch state dict, found an unreadable file ({type(e).__name__})") from None
+            raise ValueError(
+                f"{path}: expected a PyTorch state dict, found an unreadable file ({type(e).__name__})"
+            ) from None
 
     def check(self, x) -> np.ndarray:
         "`x` as float32 after checking it is `(N, 20, C, F)` with this monkey's channel and feature counts."
-        return check_array(x, self.n_channels, f"Model({self.monkey_name!r}).predict input", self.n_features, finite=False)
+        return check_array(
+            x, self.n_channels, f"Model({self.monkey_name!r}).predict input", self.n_features, finite=False
+        )
 
     def _say(self, text: str): print(f"Model({self.monkey_name!r}).predict: {text}", file=sys.stderr)
 
     def predict(self, X) -> np.ndarray:
-        "Raw LMP `(N, 20, C)` for masked trials `X` `(N, 20, C, F)` of one file: bins 0-9 the context, 10-19 the forecast."
+        """Raw LMP `(N, 20, C)` for masked trials `X` `(N, 20, C, F)` of one file: bins 0-9 the context, 10-19
+        the forecast."""
         if not self.forecasters: self.load()
         x = self.check(X)
         f0 = self.forecasters[0]
         x, fixed = repair_nonfinite(x, f0.stats[f0.keys[0]].mean)
         if len(fixed):
-            self._say(f"{len(fixed)} trial(s) {fixed[:10].tolist()}{' ...' if len(fixed) > 10 else ''} held non-finite input "
-                      f"values (NaN, ±inf or beyond float32's range), repaired: each took the nearest finite value of its channel and feature in time (earlier "
-                      f"bins first), or the main day's training mean where the whole series was non-finite")
+            self._say(
+                f"{len(fixed)} trial(s) {fixed[:10].tolist()}{' ...' if len(fixed) > 10 else ''} held"
+                " non-finite input values (NaN, ±inf or beyond float32's range), repaired: each took the"
+                " nearest finite value of its channel and feature in time (earlier bins first), or the main"
+                " day's training mean where the whole series was non-finite"
+            )
         y = np.ascontiguousarray(np.mean([f.predict(x) for f in self.forecasters], 0), dtype=np.float32)
         worse = np.flatnonzero(~np.isfinite(y).all(axis=(1, 2)))
-        if len(worse):                                  # e.g. inputs so large that the normalised values overflow
+        if len(worse):  # e.g. inputs so large that the normalised values overflow
             y[worse] = np.repeat(x[worse, T_CONTEXT - 1:T_CONTEXT, :, 0], T_TOTAL, 1)
             y[worse, :T_CONTEXT] = x[worse, :T_CONTEXT, :, 0]
-            self._say(f"the forecasts of {len(worse)} trial(s) {worse[:10].tolist()} were not finite: replaced by persistence "
-                      f"(bin 9 repeated)")
+            self._say(
+                f"the forecasts of {len(worse)} trial(s) {worse[:10].tolist()} were not finite: replaced by"
+                " persistence (bin 9 repeated)"
+            )
         return y

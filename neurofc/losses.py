@@ -16,7 +16,10 @@ __all__ = ['forecast_mse', 'forecast_huber', 'variance_weights', 'mmd2', 'mmd_lo
 
 # %% ../nbs/06_losses.ipynb
 def _window(pred, target, context: int = T_CONTEXT):
-    if pred.shape != target.shape: raise ValueError(f"prediction shape {tuple(pred.shape)} does not match target shape {tuple(target.shape)}")
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"prediction shape {tuple(pred.shape)} does not match target shape {tuple(target.shape)}"
+        )
     return pred[:, context:], target[:, context:]
 
 def _reduce(err, weight):
@@ -33,13 +36,15 @@ def forecast_huber(pred, target, delta: float = 1.0, weight: torch.Tensor | None
     return _reduce(F.smooth_l1_loss(p, t, reduction='none', beta=delta), weight)
 
 def variance_weights(var: torch.Tensor, clamp: float = 10.0) -> torch.Tensor:
-    "Per-channel weights ∝ raw LMP variance relative to the mean, clamped to [1/clamp, clamp], normalised to mean 1."
+    """Per-channel weights ∝ raw LMP variance relative to the mean, clamped to [1/clamp, clamp], normalised to
+    mean 1."""
     w = (var / var.mean()).clamp(1 / clamp, clamp)
     return w / w.mean()
 
 # %% ../nbs/06_losses.ipynb
 def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidths) -> torch.Tensor:
-    "Unbiased multi-kernel MMD² between samples `x` (m, D) and `y` (n, D), Gaussian kernels of the given bandwidths."
+    """Unbiased multi-kernel MMD² between samples `x` (m, D) and `y` (n, D), Gaussian kernels of the given
+    bandwidths."""
     m, n = len(x), len(y)
     if m < 2 or n < 2: raise ValueError(f"unbiased MMD needs at least 2 samples per set, found {m} and {n}")
     z = torch.cat([x, y])
@@ -57,14 +62,16 @@ def mmd_loss(h: torch.Tensor, session: torch.Tensor, bandwidths=None, scales=(0.
     if len(groups) < 2: return h.sum() * 0.0
     if bandwidths is None:
         with torch.no_grad():
-            d = torch.cdist(h, h); med = d[d > 0].median() if (d > 0).any() else torch.tensor(1.0)
+            d = torch.cdist(h, h)
+            med = d[d > 0].median() if (d > 0).any() else torch.tensor(1.0)
         bandwidths = [float(med) * s for s in scales]
     pairs = list(itertools.combinations(groups, 2))
     return sum(mmd2(a, b, bandwidths) for a, b in pairs) / len(pairs)
 
 # %% ../nbs/06_losses.ipynb
 def spectral_loss(pred, target, weight: torch.Tensor | None = None) -> torch.Tensor:
-    "MSE between FFT magnitudes of prediction and target over bins 10-19 (time axis 1), optionally channel-weighted."
+    """MSE between FFT magnitudes of prediction and target over bins 10-19 (time axis 1), optionally
+    channel-weighted."""
     p, t = _window(pred, target)
     fp, ft = torch.fft.rfft(p.float(), dim=1).abs(), torch.fft.rfft(t.float(), dim=1).abs()
     return _reduce((fp - ft) ** 2, weight)

@@ -33,9 +33,11 @@ class RidgeAR(nn.Module):
     @torch.no_grad()
     def fit(self, x: torch.Tensor, y: torch.Tensor) -> RidgeAR:
         "Fit on normalised trials `x` (N, 20, C, F) and LMP targets `y` (N, 20, C)."
-        X = torch.cat([x[:, :T_CONTEXT, :, 0], torch.ones_like(x[:, :1, :, 0])], 1).permute(2, 0, 1).double()  # (C, N, 11)
-        Y = y[:, T_CONTEXT:].permute(2, 0, 1).double()                                                        # (C, N, 10)
-        reg = self.alpha * torch.eye(X.shape[-1], dtype=X.dtype); reg[-1, -1] = 0
+        # (C, N, 11)
+        X = torch.cat([x[:, :T_CONTEXT, :, 0], torch.ones_like(x[:, :1, :, 0])], 1).permute(2, 0, 1).double()
+        Y = y[:, T_CONTEXT:].permute(2, 0, 1).double()  # (C, N, 10)
+        reg = self.alpha * torch.eye(X.shape[-1], dtype=X.dtype)
+        reg[-1, -1] = 0
         self.W.copy_(torch.linalg.solve(X.transpose(1, 2) @ X + reg, X.transpose(1, 2) @ Y).float())
         return self
 
@@ -60,7 +62,8 @@ class GRUBaseline(nn.Module):
 # %% ../nbs/04b_models.ipynb
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    "One model of the registry: its class, its constructor's configuration arguments, and its data-dependent build."
+    """One model of the registry: its class, its constructor's configuration arguments, and its data-dependent
+    build."""
     cls: type                                  # an nn.Module: model(x, session=None) -> (B, 20, C)
     args: dict = dataclasses.field(default_factory=dict)   # constructor argument -> run-configuration field
     sizes: tuple[str, ...] = ()                # data sizes it takes: 'n_channels', 'n_sessions', 'n_features'
@@ -72,7 +75,8 @@ class ModelSpec:
         return {**{k: sizes[k] for k in self.sizes}, **{a: getattr(cfg, f) for a, f in self.args.items()}}
 
     def build(self, kwargs: dict,
-              data=None,   # training data (`MonkeyData`: keys, raw train arrays, stats); None when weights are loaded
+              # training data (`MonkeyData`: keys, raw train arrays, stats); None when weights are loaded
+              data=None,
              ):
         "The model, initialised from `data` when given."
         return self.init(kwargs, data) if self.init is not None and data is not None else self.cls(**kwargs)
@@ -93,7 +97,10 @@ def _init_ridge(kwargs: dict, data) -> RidgeAR:
 AMAG_ARGS = ('hidden', 'heads', 'layers', 'd_ff', 'dropout', 'adaptor', 'modulator', 'feature_pathways',
              'channel_attention', 'channel_heads', 'session_embedding', 'revin')
 MODELS = {
-    'amag': ModelSpec(AMAG, {a: a for a in AMAG_ARGS}, ('n_channels', 'n_features', 'n_sessions'), _init_amag),
+    'amag': ModelSpec(
+        AMAG, {a: a for a in AMAG_ARGS}, ('n_channels', 'n_features', 'n_sessions'), _init_amag
+    ),
     'gru': ModelSpec(GRUBaseline, {'hidden': 'hidden', 'layers': 'layers'}, ('n_channels',)),
     'ridge': ModelSpec(RidgeAR, {'alpha': 'ridge_alpha'}, ('n_channels',), _init_ridge),
-    'persistence': ModelSpec(Persistence)}
+    'persistence': ModelSpec(Persistence),
+}

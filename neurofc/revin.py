@@ -22,10 +22,16 @@ class RevINStats(NamedTuple):
 
 def _check(x: Tensor, n_features: int | None, context: int, who: str = 'RevIN'):
     if not isinstance(x, Tensor): raise TypeError(f"{who} expects a torch.Tensor, found {type(x).__name__}")
-    if x.ndim != 4: raise ValueError(f"{who} expects rank 4 (B, T, C, F), found rank {x.ndim} with shape {tuple(x.shape)}")
-    if x.shape[1] < context: raise ValueError(f"{who} expects at least {context} time bins on axis 1, found {x.shape[1]}")
+    if x.ndim != 4:
+        raise ValueError(
+            f"{who} expects rank 4 (B, T, C, F), found rank {x.ndim} with shape {tuple(x.shape)}"
+        )
+    if x.shape[1] < context:
+        raise ValueError(f"{who} expects at least {context} time bins on axis 1, found {x.shape[1]}")
     if n_features is not None and x.shape[3] != n_features:
-        raise ValueError(f"{who} expects {n_features} features on axis 3, found {x.shape[3]} (shape {tuple(x.shape)})")
+        raise ValueError(
+            f"{who} expects {n_features} features on axis 3, found {x.shape[3]} (shape {tuple(x.shape)})"
+        )
 
 def context_stats(x: Tensor,               # (B, T, C, F), time on axis 1
                   context: int = T_CONTEXT, # statistics use bins `0:context` only
@@ -49,8 +55,15 @@ class RevIN(nn.Module):
                  target: int = 0,              # feature index the output forecasts (LMP)
                 ):
         super().__init__()
-        if not 0 <= target < n_features: raise ValueError(f"target feature must be in [0, {n_features}), found {target}")
-        self.n_features, self.affine, self.eps, self.context, self.target = n_features, affine, eps, context, target
+        if not 0 <= target < n_features:
+            raise ValueError(f"target feature must be in [0, {n_features}), found {target}")
+        self.n_features, self.affine, self.eps, self.context, self.target = (
+            n_features,
+            affine,
+            eps,
+            context,
+            target,
+        )
         if affine:
             self.weight = nn.Parameter(torch.ones(n_features))
             self.bias = nn.Parameter(torch.zeros(n_features))
@@ -68,11 +81,18 @@ class RevIN(nn.Module):
                     stats: RevINStats,     # what `normalize` returned for the same batch
                    ) -> Tensor:
         "`y` back in the input's units, with the target feature's statistics."
-        if y.ndim != 3: raise ValueError(f"RevIN.denormalize expects rank 3 (B, T, C), found rank {y.ndim} with shape {tuple(y.shape)}")
+        if y.ndim != 3:
+            raise ValueError(
+                f"RevIN.denormalize expects rank 3 (B, T, C), found rank {y.ndim} with shape {tuple(y.shape)}"
+            )
         mean, std = stats.mean[..., self.target], stats.std[..., self.target]   # (B, 1, C)
         if y.shape[0] != mean.shape[0] or y.shape[2] != mean.shape[2]:
-            raise ValueError(f"RevIN.denormalize: statistics are for (B, C) = {(mean.shape[0], mean.shape[2])}, found y of shape {tuple(y.shape)}")
+            raise ValueError(
+                f"RevIN.denormalize: statistics are for (B, C) = {(mean.shape[0], mean.shape[2])}, found y of"
+                f" shape {tuple(y.shape)}"
+            )
         if self.affine: y = (y - self.bias[self.target]) / (self.weight[self.target] + self.eps ** 2)
         return y * std + mean
 
-    def extra_repr(self) -> str: return f'n_features={self.n_features}, affine={self.affine}, eps={self.eps}, context={self.context}'
+    def extra_repr(self) -> str:
+        return f'n_features={self.n_features}, affine={self.affine}, eps={self.eps}, context={self.context}'

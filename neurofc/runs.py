@@ -38,15 +38,27 @@ def read_json(path: str | Path, what: str = 'a JSON file written by neurofc'):
 FINGERPRINT, SEAL = 'fingerprint.json', 'seal.json'
 
 def _git_commit() -> str | None:
-    try: return subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=Path(neurofc.__file__).parent, capture_output=True,
-                               text=True, timeout=5).stdout.strip() or None
-    except Exception: return None
+    try:
+        return (
+            subprocess.run(
+                ['git', 'rev-parse', 'HEAD'],
+                cwd=Path(neurofc.__file__).parent,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
+    except Exception:
+        return None
 
 @functools.lru_cache(None)
 def code_fingerprint() -> dict:
-    "The code that runs: neurofc's version, its git commit (None outside a checkout) and a hash of the package source."
+    """The code that runs: neurofc's version, its git commit (None outside a checkout) and a hash of the
+    package source."""
     h = hashlib.sha256()
-    for p in sorted(Path(neurofc.__file__).parent.glob('*.py')): h.update(p.name.encode() + b'\0' + p.read_bytes())
+    for p in sorted(Path(neurofc.__file__).parent.glob('*.py')):
+        h.update(p.name.encode() + b'\0' + p.read_bytes())
     return dict(neurofc=neurofc.__version__, commit=_git_commit(), source_sha256=h.hexdigest())
 
 def data_fingerprint(data_dir: str | Path, monkey: str) -> dict:
@@ -75,16 +87,22 @@ def fingerprint_diff(saved: dict, now: dict, code: bool = True, new_days: bool =
     "Differences between a saved run fingerprint and the present `now` (both `{'data': ..., 'code': ...}`)."
     a, b, out = saved['data'], now['data'], []
     if a['monkey'] != b['monkey']: out.append(f"monkey: trained on {a['monkey']!r}, now {b['monkey']!r}")
-    missing, added = [k for k in a['days'] if k not in b['days']], [k for k in b['days'] if k not in a['days']]
+    missing, added = [k for k in a['days'] if k not in b['days']], [
+        k for k in b['days'] if k not in a['days']
+    ]
     if missing: out.append(f"days: trained on {a['days']}, now {b['days']} (missing {missing})")
     elif added and not new_days: out.append(f"days: trained on {a['days']}, now {b['days']} (new {added})")
     for k in a['days']:
         fa, fb = a['files'][k], b['files'].get(k)
         if fb is None: continue
         name = fb.get('file') or k
-        if fa['shape'] != fb['shape']: out.append(f"{name}: trained on shape {tuple(fa['shape'])}, now {tuple(fb['shape'])}")
+        if fa['shape'] != fb['shape']:
+            out.append(f"{name}: trained on shape {tuple(fa['shape'])}, now {tuple(fb['shape'])}")
         elif fa['sha256'] != fb['sha256']:
-            out.append(f"{name}: content differs (SHA-256 trained on {_short(fa['sha256'])}, now {_short(fb['sha256'])})")
+            out.append(
+                f"{name}: content differs (SHA-256 trained on {_short(fa['sha256'])}, now"
+                f" {_short(fb['sha256'])})"
+            )
     return out + (code_diff(saved['code'], now['code']) if code else [])
 
 # %% ../nbs/06a_runs.ipynb
@@ -96,14 +114,17 @@ def is_sealed(run_dir: str | Path) -> bool:
     return (Path(run_dir) / SEAL).exists()
 
 def _contents(run_dir: Path) -> list[Path]:
-    return sorted(p for p in run_dir.iterdir() if p.is_file() and p.name != SEAL and not p.name.startswith('.'))
+    return sorted(
+        p for p in run_dir.iterdir() if p.is_file() and p.name != SEAL and not p.name.startswith('.')
+    )
 
 def seal_run(run_dir: str | Path) -> dict[str, str]:
     "Record the SHA-256 of every file of a finished run in `seal.json` and make its files read-only."
     run_dir = Path(run_dir)
     files = {p.name: file_digest(p) for p in _contents(run_dir)}
     tmp = run_dir / (SEAL + '.tmp')
-    tmp.write_text(json.dumps(dict(files=files), indent=1)); os.replace(tmp, run_dir / SEAL)
+    tmp.write_text(json.dumps(dict(files=files), indent=1))
+    os.replace(tmp, run_dir / SEAL)
     for p in [*_contents(run_dir), run_dir / SEAL]: os.chmod(p, 0o444)
     return files
 
@@ -118,29 +139,39 @@ def verify_seal(run_dir: str | Path) -> None:
             for n, h in seal.items() if n in found and found[n] != h]
     bad += [f"{n}: added after the run finished" for n in now if n not in seal]
     if bad:
-        raise RunIntegrityError(f"{run_dir} is a finished run, but its files differ from the seal written when it "
-                                "finished:\n" + '\n'.join(f"  - {b}" for b in bad) + "\nIts results can no longer be "
-                                "trusted: restore the files from a backup, or train the run again.")
+        raise RunIntegrityError(
+            f"{run_dir} is a finished run, but its files differ from the seal written when it finished:\n"
+            + '\n'.join(f"  - {b}" for b in bad)
+            + "\nIts results can no longer be "
+            "trusted: restore the files from a backup, or train the run again."
+        )
 
 # %% ../nbs/06a_runs.ipynb
 def verify_run(run_dir: str | Path, data: dict | None = None, code: str = 'warn') -> dict:
     "Check a finished run before it is reused (seal, data, code); returns its saved fingerprint."
-    if code not in ('refuse', 'warn', 'ignore'): raise ValueError(f"code must be 'refuse', 'warn' or 'ignore', found {code!r}")
+    if code not in ('refuse', 'warn', 'ignore'):
+        raise ValueError(f"code must be 'refuse', 'warn' or 'ignore', found {code!r}")
     run_dir = Path(run_dir)
     if not is_sealed(run_dir):
-        raise RunIntegrityError(f"{run_dir} is not a finished run: expected its {SEAL}, found none (it is still training, "
-                                f"was killed, or was written by an older neurofc: resume it with resume=True, or train it again)")
+        raise RunIntegrityError(
+            f"{run_dir} is not a finished run: expected its {SEAL}, found none (it is still training, "
+            "was killed, or was written by an older neurofc: resume it with resume=True, or train it again)"
+        )
     verify_seal(run_dir)
     saved = read_json(run_dir / FINGERPRINT, 'the fingerprint of a neurofc run')
     now = dict(data=data if data is not None else saved['data'], code=code_fingerprint())
     diffs = fingerprint_diff(saved, now, code=False, new_days=True)
     if diffs:
-        raise RunIntegrityError(f"{run_dir} was trained on other data than {data.get('source', 'the data given')}:\n"
-                                + '\n'.join(f"  - {d}" for d in diffs) + "\nEvaluate it on the data it was trained on, "
-                                "or train a new run on these data.")
+        raise RunIntegrityError(
+            f"{run_dir} was trained on other data than {data.get('source', 'the data given')}:\n"
+            + '\n'.join(f"  - {d}" for d in diffs)
+            + "\nEvaluate it on the data it was trained on, or train a new run on these data."
+        )
     if code != 'ignore' and (cd := code_diff(saved['code'], now['code'])):
         if code == 'refuse': raise RunIntegrityError(f"{run_dir}: {cd[0]}")
-        warnings.warn(f"{run_dir.name}: {cd[0]}; its forecasts are computed with the present code", stacklevel=2)
+        warnings.warn(
+            f"{run_dir.name}: {cd[0]}; its forecasts are computed with the present code", stacklevel=2
+        )
     return saved
 
 # %% ../nbs/06a_runs.ipynb
@@ -156,40 +187,75 @@ def atomic_save(obj, path: Path):
 
 def environment(device: torch.device) -> dict:
     "Versions, device and commit recorded with every run."
-    return {'neurofc': neurofc.__version__, 'torch': torch.__version__, 'numpy': np.__version__, 'python': platform.python_version(),
-            'device': str(device), 'device_name': torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine(),
-            'threads': torch.get_num_threads(), 'git_commit': _git_commit()}
+    return {
+        'neurofc': neurofc.__version__,
+        'torch': torch.__version__,
+        'numpy': np.__version__,
+        'python': platform.python_version(),
+        'device': str(device),
+        'device_name': (
+            torch.cuda.get_device_name(device)
+            if device.type == 'cuda'
+            else platform.processor() or platform.machine()
+        ),
+        'threads': torch.get_num_threads(),
+        'git_commit': _git_commit(),
+    }
 
-RESUME_IGNORES = ('epochs', 'adaptor_chunk', 'checkpoint', 'encoder_tile', 'encoder_keep_mb', 'compile', 'cooldown_s', 'max_gpu_temp')   # budget, memory, speed
+RESUME_IGNORES = (
+    'epochs',
+    'adaptor_chunk',
+    'checkpoint',
+    'encoder_tile',
+    'encoder_keep_mb',
+    'compile',
+    'cooldown_s',
+    'max_gpu_temp',
+)  # budget, memory, speed
 
 def read_config(run_dir: Path) -> RunConfig:
     path = run_dir / 'config.json'
     return RunConfig.from_dict(read_json(path, 'the configuration of a neurofc run'), str(path))
 
 def config_diff(run_dir: Path, cfg: RunConfig) -> dict:
-    "Fields (saved, requested) where `cfg` differs from the run's saved config, except budget, memory and speed."
-    return {k: (v, getattr(cfg, k)) for k, v in read_config(run_dir).to_dict().items() if getattr(cfg, k) != v and k not in RESUME_IGNORES}
+    """Fields (saved, requested) where `cfg` differs from the run's saved config, except budget, memory and
+    speed."""
+    return {
+        k: (v, getattr(cfg, k))
+        for k, v in read_config(run_dir).to_dict().items()
+        if getattr(cfg, k) != v and k not in RESUME_IGNORES
+    }
 
 def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, fingerprint: dict | None = None) -> str:
-    "Create `run_dir` ('new') or verify, writing nothing, that it may be resumed: 'resume', 'restart' (no checkpoint yet) or 'finished'."
+    """Create `run_dir` ('new') or verify, writing nothing, that it may be resumed: 'resume', 'restart' (no
+    checkpoint yet) or 'finished'."""
     if not (run_dir.exists() and any(run_dir.iterdir())):
         run_dir.mkdir(parents=True, exist_ok=True)
         return 'new'
     if not resume:
-        raise FileExistsError(f"Run directory {run_dir} already exists; pass resume=True to continue it from its last "
-                              f"checkpoint, or remove it / choose another runs_dir (neurofc never overwrites a run)")
+        raise FileExistsError(
+            f"Run directory {run_dir} already exists; pass resume=True to continue it from its last "
+            "checkpoint, or remove it / choose another runs_dir (neurofc never overwrites a run)"
+        )
     diff = config_diff(run_dir, cfg)
     if diff: raise ValueError(f"Cannot resume {run_dir}: its config differs in {diff} (saved, requested)")
     if fingerprint is not None:
         if not (run_dir / FINGERPRINT).exists():
-            raise ValueError(f"Cannot resume {run_dir}: expected its {FINGERPRINT}, found none (an older neurofc wrote it), so "
-                             f"its data and code cannot be verified; train a new run (another runs_dir or seed)")
-        diffs = fingerprint_diff(read_json(run_dir / FINGERPRINT, 'the fingerprint of a neurofc run'), fingerprint)
+            raise ValueError(
+                f"Cannot resume {run_dir}: expected its {FINGERPRINT}, found none (an older neurofc wrote"
+                " it), so its data and code cannot be verified; train a new run (another runs_dir or seed)"
+            )
+        diffs = fingerprint_diff(
+            read_json(run_dir / FINGERPRINT, 'the fingerprint of a neurofc run'), fingerprint
+        )
         if diffs:
-            raise ValueError(f"Cannot resume {run_dir}: it was trained on other data or code than this call's:\n"
-                             + '\n'.join(f"  - {d}" for d in diffs) + "\nNothing in it was changed. To train on the present "
-                             "data and code, choose another runs_dir (or seed); to continue this run, restore the files "
-                             "(and the neurofc version) it was started with.")
+            raise ValueError(
+                f"Cannot resume {run_dir}: it was trained on other data or code than this call's:\n"
+                + '\n'.join(f"  - {d}" for d in diffs)
+                + "\nNothing in it was changed. To train on the present "
+                "data and code, choose another runs_dir (or seed); to continue this run, restore the files "
+                "(and the neurofc version) it was started with."
+            )
     if is_sealed(run_dir):
         verify_seal(run_dir)
         return 'finished'
@@ -201,15 +267,19 @@ def load_checkpoint(path: Path, device) -> dict:
     "A checkpoint's content; a damaged file is an error naming it."
     try: return torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
-        raise RuntimeError(f"{path}: expected a PyTorch checkpoint written by neurofc, found an unreadable file "
-                           f"({path.stat().st_size:,} bytes; {type(e).__name__}): it is damaged") from None
+        raise RuntimeError(
+            f"{path}: expected a PyTorch checkpoint written by neurofc, found an unreadable file "
+            f"({path.stat().st_size:,} bytes; {type(e).__name__}): it is damaged"
+        ) from None
 
 def finished_metrics(run_dir: Path, cfg: RunConfig) -> dict:
     "The metrics of a finished run, which is read-only: asking for more epochs than it ran is an error."
     m = read_json(run_dir / 'metrics.json', 'the metrics of a finished neurofc run')
     if cfg.epochs > m['epochs_run'] and not m['stopped_early']:
-        raise ValueError(f"{run_dir} finished after {m['epochs_run']} epochs and a finished run is read-only: to train for "
-                         f"epochs={cfg.epochs}, start a new run (another runs_dir or seed)")
+        raise ValueError(
+            f"{run_dir} finished after {m['epochs_run']} epochs and a finished run is read-only: to train for"
+            f" epochs={cfg.epochs}, start a new run (another runs_dir or seed)"
+        )
     print(f"{run_dir} is finished; returning its metrics (nothing written)")
     return m
 
@@ -217,13 +287,16 @@ def write_history(path: Path, rows: list[dict]):
     cols = list(dict.fromkeys(k for r in rows for k in r))
     tmp = path.with_name(path.name + '.tmp')
     with open(tmp, 'w', newline='') as f:
-        w = csv.DictWriter(f, cols); w.writeheader(); w.writerows(rows)
+        w = csv.DictWriter(f, cols)
+        w.writeheader()
+        w.writerows(rows)
     os.replace(tmp, path)
 
 
 # %% ../nbs/06a_runs.ipynb
 def members_of(cfg: RunConfig, run_dir: Path) -> list[str]:
-    "Checkpoint files that `cfg.predictor` averages, among those present in `run_dir` (falls back to `best.pt`)."
+    """Checkpoint files that `cfg.predictor` averages, among those present in `run_dir` (falls back to
+    `best.pt`)."""
     names = []
     for part in cfg.predictor.split('+'):
         if part == 'snapshots': names += sorted(p.name for p in run_dir.glob('snapshot_*.pt'))
@@ -233,21 +306,27 @@ def members_of(cfg: RunConfig, run_dir: Path) -> list[str]:
     return names or ['best.pt']
 
 def load_run(run_dir: str | Path, device: str = 'cpu', members: list[str] | None = None,
-             verify: bool = True, # check a finished run's seal first (off only right after `resolve_runs` checked it)
+             # check a finished run's seal first (off only right after `resolve_runs` checked it)
+             verify: bool = True,
             ) -> Forecaster:
     "The `Forecaster` of a finished or running run: its members' weights, statistics and router."
     run_dir, dev = resolve_path(run_dir), get_device(device)
-    if not (run_dir / 'config.json').exists(): raise FileNotFoundError(f"{run_dir} is not a run directory: config.json is missing")
+    if not (run_dir / 'config.json').exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: config.json is missing")
     if verify and is_sealed(run_dir): verify_seal(run_dir)
     cfg = read_config(run_dir)
-    stats = {k: Stats.from_dict(v) for k, v in read_json(run_dir / 'stats.json', 'normalisation statistics').items()}
+    stats = {
+        k: Stats.from_dict(v)
+        for k, v in read_json(run_dir / 'stats.json', 'normalisation statistics').items()
+    }
     router = SessionRouter.from_state_dict(read_json(run_dir / 'router.json', 'a session router'))
     members = members or members_of(cfg, run_dir)
     C, Fe = next(iter(stats.values())).mean.shape
     models = []
     for name in members:
         m = build_model(cfg, C, len(router.keys), Fe)
-        m.load_state_dict(load_checkpoint(run_dir / name, dev)); models.append(m)
+        m.load_state_dict(load_checkpoint(run_dir / name, dev))
+        models.append(m)
     f = Forecaster(models, stats, router, dev, use_session=cfg.session_embedding)
     f.members, f.cfg, f.run_dir = members, cfg, run_dir
     return f
@@ -255,10 +334,12 @@ def load_run(run_dir: str | Path, device: str = 'cpu', members: list[str] | None
 
 # %% ../nbs/06a_runs.ipynb
 def resolve_runs(runs: str | Path | list,
-                 data_dir: str | Path | None = None, # given: each run must have been trained on its training files
-                 code: str = 'ignore',               # a change of code since training: 'ignore', 'warn' or 'refuse'
+                 # given: each run must have been trained on its training files
+                 data_dir: str | Path | None = None,
+                 code: str = 'ignore',  # a change of code since training: 'ignore', 'warn' or 'refuse'
                 ) -> list[Path]:
-    "Run directories from a glob or list, all of one monkey, each finished and intact (`neurofc.runs.verify_run`)."
+    """Run directories from a glob or list, all of one monkey, each finished and intact
+    (`neurofc.runs.verify_run`)."""
     if isinstance(runs, (str, Path)):
         pattern = str(resolve_path(runs))
         dirs = sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_dir())
@@ -267,14 +348,23 @@ def resolve_runs(runs: str | Path | list,
         dirs = [resolve_path(d) for d in runs]
         if not dirs: raise ValueError("No run directories given")
     for d in dirs:
-        if not (d / 'metrics.json').exists(): raise FileNotFoundError(f"Run {d}: expected its metrics.json, found none: it is unfinished or not a run directory")
-    monkeys = {d: read_json(d / 'metrics.json', 'the metrics of a finished neurofc run')['monkey'] for d in dirs}
+        if not (d / 'metrics.json').exists():
+            raise FileNotFoundError(
+                f"Run {d}: expected its metrics.json, found none: it is unfinished or not a run directory"
+            )
+    monkeys = {
+        d: read_json(d / 'metrics.json', 'the metrics of a finished neurofc run')['monkey'] for d in dirs
+    }
     if len(set(monkeys.values())) > 1:
-        raise ValueError(f"Runs of different monkeys mixed: {sorted(set(monkeys.values()))}; evaluate one monkey at a time "
-                         f"({', '.join(f'{d.name}: {m}' for d, m in monkeys.items())})")
+        raise ValueError(
+            f"Runs of different monkeys mixed: {sorted(set(monkeys.values()))}; evaluate one monkey at a time"
+            f" ({', '.join(f'{d.name}: {m}' for d, m in monkeys.items())})"
+        )
     data = None
     if data_dir is not None:
-        data = dict(data_fingerprint(data_dir, next(iter(monkeys.values()))), source=str(resolve_path(data_dir)))
-    for d in dirs: verify_run(d, data, code)                # sealed and intact; trained on these files; code checked
+        data = dict(
+            data_fingerprint(data_dir, next(iter(monkeys.values()))), source=str(resolve_path(data_dir))
+        )
+    for d in dirs: verify_run(d, data, code)  # sealed and intact; trained on these files; code checked
     return dirs
 

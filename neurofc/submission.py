@@ -22,8 +22,9 @@ __all__ = ['SHIPPED', 'ENTRY', 'CHALLENGE_MONKEYS', 'shipped_files', 'load_model
            'export_submission', 'verify_submission', 'challenge_test_files', 'run_ingestion', 'score_predictions']
 
 # %% ../nbs/10_submission.ipynb
-SHIPPED = ('__init__', 'core', 'revin', 'amag', 'models', 'infer')   # neurofc's modules in a submission's neurofc/
-ENTRY = 'challenge'                                                 # neurofc/challenge.py is the zip's model.py
+# neurofc's modules in a submission's neurofc/
+SHIPPED = ('__init__', 'core', 'revin', 'amag', 'models', 'infer')
+ENTRY = 'challenge'  # neurofc/challenge.py is the zip's model.py
 
 def shipped_files() -> dict[str, Path]:
     "Name in the zip -> the package file it is, byte for byte."
@@ -31,10 +32,12 @@ def shipped_files() -> dict[str, Path]:
     return {'model.py': pkg / f'{ENTRY}.py', **{f'neurofc/{m}.py': pkg / f'{m}.py' for m in SHIPPED}}
 
 def load_model_file(path: str | Path):
-    "Execute a submission's `model.py` as a fresh module (no bytecode written next to it) and return the module."
+    """Execute a submission's `model.py` as a fresh module (no bytecode written next to it) and return the
+    module."""
     path = Path(path)
     name = f"_exported_model_{time.monotonic_ns()}"
-    mod = types.ModuleType(name); mod.__file__ = str(path)
+    mod = types.ModuleType(name)
+    mod.__file__ = str(path)
     sys.modules[name] = mod   # dataclasses look their module up while the file executes
     try: exec(compile(path.read_text(), str(path), 'exec'), mod.__dict__)
     finally: sys.modules.pop(name, None)
@@ -53,56 +56,96 @@ def _probe(stats: Stats, n: int = 3, seed: int = 0) -> np.ndarray:
     x = rng.normal(size=(n, T_TOTAL, *stats.mean.shape)) * stats.std + stats.mean
     return mask_future(x.astype(np.float32))
 
-def reference_predict(runs: list[Path], x: np.ndarray, norm: str = 'session', device: str = 'cpu') -> np.ndarray:
-    "neurofc's own forecast of `x`: each run's `Forecaster.predict`, averaged over runs (as `evaluate`'s seed ensemble)."
+def reference_predict(
+    runs: list[Path], x: np.ndarray, norm: str = 'session', device: str = 'cpu'
+) -> np.ndarray:
+    """neurofc's own forecast of `x`: each run's `Forecaster.predict`, averaged over runs (as `evaluate`'s
+    seed ensemble)."""
     preds = []
     for d in runs:
-        f = load_run(d, device); f.norm = norm
+        f = load_run(d, device)
+        f.norm = norm
         preds.append(f.predict(x))
     return np.mean(preds, 0) if len(preds) > 1 else preds[0]
 
 def _prepare_out(out_dir: Path, zip_path: Path, overwrite: bool):
     existing = [p for p in (out_dir, zip_path) if p.exists() and not (p.is_dir() and not any(p.iterdir()))]
     if existing and not overwrite:
-        raise FileExistsError(f"{' and '.join(str(p) for p in existing)} already exist(s); neurofc never overwrites a submission: "
-                              f"pass overwrite=True (CLI: --overwrite) to replace it, or choose another output folder")
+        raise FileExistsError(
+            f"{' and '.join(str(p) for p in existing)} already exist(s); neurofc never overwrites a"
+            " submission: pass overwrite=True (CLI: --overwrite) to replace it, or choose another output"
+            " folder"
+        )
     if out_dir.exists() and any(out_dir.iterdir()):
         if not (out_dir / MANIFEST).exists():
-            raise FileExistsError(f"{out_dir} is not empty and holds no {MANIFEST}: it does not look like a neurofc submission, so it is not deleted")
+            raise FileExistsError(
+                f"{out_dir} is not empty and holds no {MANIFEST}: it does not look like a neurofc submission,"
+                " so it is not deleted"
+            )
         man = json.loads((out_dir / MANIFEST).read_text())
-        ours = {'model.py', 'neurofc', MANIFEST,
-                *(f for m in man['monkeys'].values() for r in m['runs'] for f in [*r['members'], r['stats'], r['router']])}
+        ours = {
+            'model.py',
+            'neurofc',
+            MANIFEST,
+            *(
+                f
+                for m in man['monkeys'].values()
+                for r in m['runs']
+                for f in [*r['members'], r['stats'], r['router']]
+            ),
+        }
         other = sorted(p.name for p in out_dir.iterdir() if p.name not in ours)
         if other:
-            raise FileExistsError(f"{out_dir} holds files that are not part of its submission: {other}; move them, or choose "
-                                  f"another output folder (nothing was deleted)")
+            raise FileExistsError(
+                f"{out_dir} holds files that are not part of its submission: {other}; move them, or choose "
+                "another output folder (nothing was deleted)"
+            )
         print(f"Replacing the submission {out_dir} (overwrite=True)")
         shutil.rmtree(out_dir)
-    if zip_path.exists(): print(f"Replacing {zip_path} (overwrite=True)"); zip_path.unlink()
+    if zip_path.exists():
+        print(f"Replacing {zip_path} (overwrite=True)")
+        zip_path.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
 
 def export_submission(runs_by_monkey: dict,         # monkey -> glob or list of finished run directories
-                      out_dir: str | Path,          # the submission folder; the zip is written next to it as `<out_dir>.zip`
+                      # the submission folder; the zip is written next to it as `<out_dir>.zip`
+                      out_dir: str | Path,
                       overwrite: bool = False,      # replace an existing submission folder and zip
                       norm: str = 'session',        # the Forecasters' normalisation: 'session' or 'context'
                       verify: bool = True,          # check the exported model against neurofc's predictions
                      ) -> Path:
-    "Write a self-contained challenge submission (folder and zip) of `runs_by_monkey`; returns the zip's path."
-    if norm not in ('session', 'context'): raise ValueError(f"Unknown norm {norm!r}; expected 'session' or 'context'")
+    """Write a self-contained challenge submission (folder and zip) of `runs_by_monkey`; returns the zip's
+    path."""
+    if norm not in ('session', 'context'):
+        raise ValueError(f"Unknown norm {norm!r}; expected 'session' or 'context'")
     if not runs_by_monkey: raise ValueError("No runs given: pass {'affi': [...], 'beignet': [...]}")
     plan = {}
     for monkey, runs in runs_by_monkey.items():
-        m = get_monkey(monkey); dirs = resolve_runs(runs, code='warn')   # finished and intact
+        m = get_monkey(monkey)
+        dirs = resolve_runs(runs, code='warn')  # finished and intact
         got = json.loads((dirs[0] / 'metrics.json').read_text())['monkey']
-        if got != m.name: raise ValueError(f"The runs given for {m.name!r} are runs of {got!r} ({', '.join(d.name for d in dirs)})")
+        if got != m.name:
+            raise ValueError(
+                f"The runs given for {m.name!r} are runs of {got!r} ({', '.join(d.name for d in dirs)})"
+            )
         plan[m.name] = dirs
     missing = [m for m in CHALLENGE_MONKEYS if m not in plan]
-    if missing: warnings.warn(f"No runs for {missing}: the challenge's ingestion calls Model() for {list(CHALLENGE_MONKEYS)} and will fail")
-    out_dir = resolve_path(out_dir); zip_path = out_dir.with_name(out_dir.name + '.zip')
+    if missing:
+        warnings.warn(
+            f"No runs for {missing}: the challenge's ingestion calls Model() for {list(CHALLENGE_MONKEYS)}"
+            " and will fail"
+        )
+    out_dir = resolve_path(out_dir)
+    zip_path = out_dir.with_name(out_dir.name + '.zip')
     _prepare_out(out_dir, zip_path, overwrite)
     files = [MANIFEST]
-    manifest = dict(format=2, neurofc=neurofc.__version__, created=datetime.datetime.now().isoformat(timespec='seconds'),
-                    torch=torch.__version__, monkeys={})
+    manifest = dict(
+        format=2,
+        neurofc=neurofc.__version__,
+        created=datetime.datetime.now().isoformat(timespec='seconds'),
+        torch=torch.__version__,
+        monkeys={},
+    )
     for monkey, dirs in plan.items():
         C = get_monkey(monkey).n_channels
         runs = []
@@ -112,14 +155,26 @@ def export_submission(runs_by_monkey: dict,         # monkey -> glob or list of 
             if Cs != C: raise ValueError(f"{d}: its statistics have {Cs} channels, {monkey} has {C}")
             spec = MODELS[f.cfg.model]
             kwargs = spec.kwargs(f.cfg, C, len(f.keys), Fe)     # the registry's: rebuilds the faithful model
-            entry = dict(run=d.name, source=str(d), config=f.cfg.to_dict(), model=f.cfg.model, kwargs=kwargs, members=[],
-                         stats=f'{monkey}_{i}_stats.json', router=f'{monkey}_{i}_router.json', use_session=f.use_session, norm=norm)
+            entry = dict(
+                run=d.name,
+                source=str(d),
+                config=f.cfg.to_dict(),
+                model=f.cfg.model,
+                kwargs=kwargs,
+                members=[],
+                stats=f'{monkey}_{i}_stats.json',
+                router=f'{monkey}_{i}_router.json',
+                use_session=f.use_session,
+                norm=norm,
+            )
             for member, model in zip(f.members, f.models):
                 probe = spec.build(kwargs)
-                probe.load_state_dict(model.state_dict())   # the spec rebuilds exactly this architecture (strict)
+                # the spec rebuilds exactly this architecture (strict)
+                probe.load_state_dict(model.state_dict())
                 name = f'{monkey}_{i}_{member}'
                 torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out_dir / name)
-                entry['members'].append(name); entry.setdefault('sha256', []).append(file_digest(out_dir / name))
+                entry['members'].append(name)
+                entry.setdefault('sha256', []).append(file_digest(out_dir / name))
             (out_dir / entry['stats']).write_text(json.dumps({k: s.to_dict() for k, s in f.stats.items()}))
             (out_dir / entry['router']).write_text(json.dumps(f.router.state_dict()))
             files += [*entry['members'], entry['stats'], entry['router']]
@@ -135,8 +190,11 @@ def export_submission(runs_by_monkey: dict,         # monkey -> glob or list of 
     if verify: verify_submission(out_dir, plan, norm)
     return zip_path
 
-def verify_submission(sub_dir: str | Path, runs_by_monkey: dict, norm: str = 'session', n: int = 3, rtol: float = 1e-4) -> dict[str, float]:
-    "Max relative difference, per monkey, between the exported `model.py` and neurofc on random trials; raises above `rtol`."
+def verify_submission(
+    sub_dir: str | Path, runs_by_monkey: dict, norm: str = 'session', n: int = 3, rtol: float = 1e-4
+) -> dict[str, float]:
+    """Max relative difference, per monkey, between the exported `model.py` and neurofc on random trials;
+    raises above `rtol`."""
     mod = load_model_file(Path(sub_dir) / 'model.py')
     out = {}
     for monkey, runs in runs_by_monkey.items():
@@ -147,51 +205,73 @@ def verify_submission(sub_dir: str | Path, runs_by_monkey: dict, norm: str = 'se
         got, ref = m.predict(x), reference_predict(dirs, x, norm)
         out[monkey] = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-12))
         if not out[monkey] <= rtol:
-            raise AssertionError(f"{monkey}: the exported model differs from neurofc by {out[monkey]:.2e} relative (> {rtol})")
+            raise AssertionError(
+                f"{monkey}: the exported model differs from neurofc by {out[monkey]:.2e} relative (> {rtol})"
+            )
     return out
 
 # %% ../nbs/10_submission.ipynb
 _DRIVER = r'''
 import importlib.abc, importlib.machinery, importlib.util, json, os, sys, time
 job = json.load(open(sys.argv[1]))
-for p in job['site_packages']: sys.path.append(p)           # torch and numpy only; no .pth file is processed
-result = {'neurofc_importable': importlib.util.find_spec('neurofc') is not None, 'cwd': os.getcwd(), 'site_packages': job['site_packages']}
+for p in job['site_packages']:                              # torch and numpy only; no .pth file is processed
+    sys.path.append(p)
+result = {'neurofc_importable': importlib.util.find_spec('neurofc') is not None, 'cwd': os.getcwd(),
+          'site_packages': job['site_packages']}
 sub = os.path.realpath(job['submission_dir'])
-class _Block(importlib.abc.MetaPathFinder):   # an installed neurofc does not exist there: only the submission's copy may load
+# an installed neurofc does not exist there: only the submission's copy may load
+class _Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split('.')[0] != 'neurofc': return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or not os.path.realpath(spec.origin).startswith(sub + os.sep):
-            raise ImportError(f'neurofc is not installed in the challenge container (found {spec and spec.origin})')
+            where = spec and spec.origin
+            raise ImportError(f'neurofc is not installed in the challenge container (found {where})')
         return spec
 sys.meta_path.insert(0, _Block())
-sys.path.append(job['output_dir']); sys.path.append(job['submission_dir'])   # as the challenge's ingestion.py does
+# as the challenge's ingestion.py does
+sys.path.append(job['output_dir'])
+sys.path.append(job['submission_dir'])
 import numpy as np
 result['sys_path'] = list(sys.path)                         # as the ingestion leaves it
 from model import Model
 result.update(sys_path_after=list(sys.path), model_file=sys.modules['model'].__file__, files={},
               torch_threads=sys.modules['torch'].get_num_threads())
 for monkey, files in job['monkeys']:
-    t0 = time.perf_counter(); m = Model(monkey); m.load(); result.setdefault('load_s', {})[monkey] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    m = Model(monkey)
+    m.load()
+    result.setdefault('load_s', {})[monkey] = time.perf_counter() - t0
     for name, path in files:
         with np.load(path) as z: x = z['arr_0']
-        t0 = time.perf_counter(); y = m.predict(x); dt = time.perf_counter() - t0
-        if not isinstance(y, np.ndarray): raise TypeError(f'predict returned {type(y).__name__}, not a NumPy array')
+        t0 = time.perf_counter()
+        y = m.predict(x)
+        dt = time.perf_counter() - t0
+        if not isinstance(y, np.ndarray):
+            raise TypeError(f'predict returned {type(y).__name__}, not a NumPy array')
         np.savez(os.path.join(job['output_dir'], f'test_{name}.predictions'), y)
-        result['files'][name] = dict(n=int(len(x)), input_shape=list(x.shape), shape=list(y.shape), dtype=str(y.dtype), seconds=dt)
-result['neurofc_files'] = sorted(getattr(m, '__file__', '') for k, m in sys.modules.items() if k.split('.')[0] == 'neurofc')
+        result['files'][name] = dict(n=int(len(x)), input_shape=list(x.shape), shape=list(y.shape),
+                                     dtype=str(y.dtype), seconds=dt)
+result['neurofc_files'] = sorted(getattr(m, '__file__', '') for k, m in sys.modules.items()
+                                if k.split('.')[0] == 'neurofc')
 json.dump(result, open(job['result'], 'w'))
 '''
 
-def challenge_test_files(data_dir: str | Path, monkeys=CHALLENGE_MONKEYS) -> list[tuple[str, list[tuple[str, Path]]]]:
-    "Per monkey, in the challenge's order (main day first), (prediction name, masked test file) of every day with one in `data_dir`."
+def challenge_test_files(
+    data_dir: str | Path, monkeys=CHALLENGE_MONKEYS
+) -> list[tuple[str, list[tuple[str, Path]]]]:
+    """Per monkey, in the challenge's order (main day first), (prediction name, masked test file) of every day
+    with one in `data_dir`."""
     out = []
     for monkey in monkeys:
         files = []
         for s in find_sessions(data_dir, monkey, 'test'):
-            try: files.append((s.name, session_path(data_dir, s, 'test')))
-            except FileNotFoundError: pass
-        if not files: raise FileNotFoundError(f"No masked test files of {monkey!r} in {resolve_path(data_dir)}")
+            try:
+                files.append((s.name, session_path(data_dir, s, 'test')))
+            except FileNotFoundError:
+                pass
+        if not files:
+            raise FileNotFoundError(f"No masked test files of {monkey!r} in {resolve_path(data_dir)}")
         out.append((monkey, files))
     return out
 
@@ -205,67 +285,123 @@ def _submission_monkeys(submission: Path) -> list[str]:
             text = (submission / MANIFEST).read_text() if MANIFEST in names else None
         else:
             with zipfile.ZipFile(submission) as z:
-                names = set(z.namelist()); text = z.read(MANIFEST).decode() if MANIFEST in names else None
-    except zipfile.BadZipFile: raise ValueError(f"{submission}: expected {what}, found a file that is not a zip archive") from None
-    if not {'model.py', MANIFEST} <= names: raise ValueError(f"{submission}: expected {what}, found {sorted(names)[:10]}")
+                names = set(z.namelist())
+                text = z.read(MANIFEST).decode() if MANIFEST in names else None
+    except zipfile.BadZipFile:
+        raise ValueError(f"{submission}: expected {what}, found a file that is not a zip archive") from None
+    if not {'model.py', MANIFEST} <= names:
+        raise ValueError(f"{submission}: expected {what}, found {sorted(names)[:10]}")
     return sorted(json.loads(text)['monkeys'])
 
-def run_ingestion(submission: str | Path,   # the zip (unpacked into `work_dir/submission`) or an unpacked folder
-                  data_dir: str | Path,     # holds the masked test files (`test/` or flat)
-                  work_dir: str | Path,     # receives `submission/`, `output/`, `cwd/`, the driver and its result
-                  monkeys=CHALLENGE_MONKEYS, timeout: float = 3600,
-                  threads: int | None = None, # CPU threads of the interpreter (OMP_NUM_THREADS); None: its default
-                  overwrite: bool = False,    # replace what an earlier run left in `work_dir` (never done silently)
-                 ) -> dict:
-    "Run the challenge's ingestion protocol on `submission` in an isolated interpreter; returns what the driver recorded."
+def run_ingestion(
+    submission: str | Path,  # the zip (unpacked into `work_dir/submission`) or an unpacked folder
+    data_dir: str | Path,  # holds the masked test files (`test/` or flat)
+    # receives `submission/`, `output/`, `cwd/`, the driver and its result
+    work_dir: str | Path,
+    monkeys=CHALLENGE_MONKEYS,
+    timeout: float = 3600,
+    # CPU threads of the interpreter (OMP_NUM_THREADS); None: its default
+    threads: int | None = None,
+    # replace what an earlier run left in `work_dir` (never done silently)
+    overwrite: bool = False,
+) -> dict:
+    """Run the challenge's ingestion protocol on `submission` in an isolated interpreter; returns what the
+    driver recorded."""
     work, submission = Path(work_dir), Path(submission)
-    held = _submission_monkeys(submission)           # checked before anything is written
+    held = _submission_monkeys(submission)  # checked before anything is written
     missing = [m for m in monkeys if m not in held]
     if missing:
-        raise ValueError(f"{submission}: the ingestion asks for {list(monkeys)}, the submission holds models for {held} "
-                         f"(missing {missing}): pass monkeys={held}")
+        raise ValueError(
+            f"{submission}: the ingestion asks for {list(monkeys)}, the submission holds models for {held} "
+            f"(missing {missing}): pass monkeys={held}"
+        )
     files = challenge_test_files(data_dir, monkeys)
     mine = [work / n for n in ('submission', 'output', 'cwd', 'job.json', 'driver.py', 'result.json')]
     used = [p for p in mine if p.exists() and (submission.suffix == '.zip' or p.name != 'submission')]
     if used and not overwrite:
-        raise FileExistsError(f"{work} already holds {', '.join(p.name for p in used)} from an earlier ingestion run: pass "
-                              f"overwrite=True to replace them, or choose an empty work_dir (nothing was deleted)")
+        raise FileExistsError(
+            f"{work} already holds {', '.join(p.name for p in used)} from an earlier ingestion run: pass "
+            "overwrite=True to replace them, or choose an empty work_dir (nothing was deleted)"
+        )
     for p in used:
         print(f"Replacing {p} (overwrite=True)")
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     work.mkdir(parents=True, exist_ok=True)
     if submission.suffix == '.zip':
         sub = work / 'submission'
-        with zipfile.ZipFile(submission) as z: z.extractall(sub)
-    else: sub = submission
+        with zipfile.ZipFile(submission) as z:
+            z.extractall(sub)
+    else:
+        sub = submission
     out, cwd = work / 'output', work / 'cwd'
-    for p in (out, cwd): p.mkdir(exist_ok=True)
+    for p in (out, cwd):
+        p.mkdir(exist_ok=True)
     site = sorted({str(Path(m.__file__).resolve().parents[1]) for m in (np, torch)})
-    job = dict(site_packages=site, output_dir=str(out.resolve()), submission_dir=str(sub.resolve()), result=str((work / 'result.json').resolve()),
-               monkeys=[(m, [(n, str(Path(p).resolve())) for n, p in fs]) for m, fs in files])
-    (work / 'job.json').write_text(json.dumps(job)); (work / 'driver.py').write_text(_DRIVER)
+    job = dict(
+        site_packages=site,
+        output_dir=str(out.resolve()),
+        submission_dir=str(sub.resolve()),
+        result=str((work / 'result.json').resolve()),
+        monkeys=[(m, [(n, str(Path(p).resolve())) for n, p in fs]) for m, fs in files],
+    )
+    (work / 'job.json').write_text(json.dumps(job))
+    (work / 'driver.py').write_text(_DRIVER)
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-    if threads: env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    r = subprocess.run([sys.executable, '-I', '-S', '-B', str((work / 'driver.py').resolve()), str((work / 'job.json').resolve())],
-                       cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-    if r.returncode != 0: raise RuntimeError(f"The ingestion run failed (exit {r.returncode}):\n{r.stderr[-4000:]}")
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    r = subprocess.run(
+        [
+            sys.executable,
+            '-I',
+            '-S',
+            '-B',
+            str((work / 'driver.py').resolve()),
+            str((work / 'job.json').resolve()),
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    if r.returncode != 0:
+        raise RuntimeError(f"The ingestion run failed (exit {r.returncode}):\n{r.stderr[-4000:]}")
     res = json.loads((work / 'result.json').read_text())
-    res['output_dir'], res['stderr'] = str(out.resolve()), r.stderr[-4000:]   # what Model printed (e.g. repairs)
+    # what Model printed (e.g. repairs)
+    res['output_dir'], res['stderr'] = str(out.resolve()), r.stderr[-4000:]
     return res
 
-def score_predictions(output_dir: str | Path, data_dir: str | Path, monkeys=CHALLENGE_MONKEYS) -> dict[str, float]:
-    "Score `test_<name>.predictions.npz` files as the challenge's scoring does; per file and 'total' (plain mean)."
+def score_predictions(
+    output_dir: str | Path, data_dir: str | Path, monkeys=CHALLENGE_MONKEYS
+) -> dict[str, float]:
+    """Score `test_<name>.predictions.npz` files as the challenge's scoring does; per file and 'total' (plain
+    mean)."""
     out = {}
     for monkey in monkeys:
         for s in find_sessions(data_dir, monkey, 'test'):
-            try: truth = load_npz(session_path(data_dir, s, 'truth'))[..., 0]
-            except FileNotFoundError: continue
+            try:
+                truth = load_npz(session_path(data_dir, s, 'truth'))[..., 0]
+            except FileNotFoundError:
+                continue
             p = Path(output_dir) / f'test_{s.name}.predictions.npz'
-            if not p.exists(): raise FileNotFoundError(f"Missing prediction file {p}: the challenge's scorer would crash")
-            with np.load(p) as z: pred = z['arr_0']
-            if pred.shape != truth.shape: raise ValueError(f"{s.name}: prediction shape {pred.shape} does not match the truth's {truth.shape}")
-            out[s.name] = float(torch.nn.functional.mse_loss(torch.from_numpy(truth[:, T_CONTEXT:].astype(np.float32)),
-                                                             torch.from_numpy(pred[:, T_CONTEXT:].astype(np.float32)), reduction='mean'))
-    if not out: raise FileNotFoundError(f"No unmasked test files of {list(monkeys)} in {resolve_path(data_dir)}: nothing to score")
+            if not p.exists():
+                raise FileNotFoundError(f"Missing prediction file {p}: the challenge's scorer would crash")
+            with np.load(p) as z:
+                pred = z['arr_0']
+            if pred.shape != truth.shape:
+                raise ValueError(
+                    f"{s.name}: prediction shape {pred.shape} does not match the truth's {truth.shape}"
+                )
+            out[s.name] = float(
+                torch.nn.functional.mse_loss(
+                    torch.from_numpy(truth[:, T_CONTEXT:].astype(np.float32)),
+                    torch.from_numpy(pred[:, T_CONTEXT:].astype(np.float32)),
+                    reduction='mean',
+                )
+            )
+    if not out:
+        raise FileNotFoundError(
+            f"No unmasked test files of {list(monkeys)} in {resolve_path(data_dir)}: nothing to score"
+        )
     out['total'] = float(np.mean(list(out.values())))
     return out

@@ -12,8 +12,19 @@ from scipy.special import ndtri
 
 import neurofc
 from .core import Config, resolve_path
-from .data import (N_FEATURES, T_CONTEXT, T_TOTAL, Session, challenge_mse, check_array, get_monkey, load_split, mask_future,
-                          has_real_data, save_npz)
+from neurofc.data import (
+    N_FEATURES,
+    T_CONTEXT,
+    T_TOTAL,
+    Session,
+    challenge_mse,
+    check_array,
+    get_monkey,
+    load_split,
+    mask_future,
+    has_real_data,
+    save_npz,
+)
 
 # %% auto 0
 __all__ = ['BIN_S', 'N_BANDS', 'SimParams', 'default_params', 'electrode_positions', 'DayModel', 'SimBatch', 'make_days',
@@ -26,76 +37,117 @@ N_BANDS = N_FEATURES - 1       # band powers: features 1-8
 
 @dataclasses.dataclass
 class SimParams(Config):
-    "Parameters of the µECoG simulator for one monkey (latent units are arbitrary; raw units come from the calibration fields)."
+    """Parameters of the µECoG simulator for one monkey (latent units are arbitrary; raw units come from the
+    calibration fields)."""
     # the array and the latent dynamics
     pitch_mm: float = 0.75                                   # electrode spacing of the grid (mm)
-    length_scale_mm: float = 2.5                             # spatial smoothness of the loadings (Gaussian-process length scale, mm)
+    length_scale_mm: float = 2.5  # spatial smoothness of the loadings (Gaussian-process length scale, mm)
     n_conditions: int = 8                                    # reach directions, evenly spaced on the circle
     rot_freq_hz: tuple[float, ...] = (1.0, 2.0, 3.5)        # frequency of each rotational latent plane (Hz)
     rot_decay: tuple[float, ...] = (0.98, 0.96, 0.93)       # per-bin damping of each plane
     slow_decay: float = 0.99                                 # per-bin damping of the slow (trial-offset) mode
-    cond_radius: float = 0.5                                 # preparatory state: radius of the ring of condition means
-    kick_amp: float = 0.25                                   # movement input along the reach direction (peak per bin)
-    cis_amp: float = 0.15                                    # condition-invariant movement input (peak per bin)
+    cond_radius: float = 0.5  # preparatory state: radius of the ring of condition means
+    kick_amp: float = 0.25  # movement input along the reach direction (peak per bin)
+    cis_amp: float = 0.15  # condition-invariant movement input (peak per bin)
     move_bin: float = 8.0                                    # centre of the movement input (bin)
     move_width: float = 1.5                                  # its width (bins)
-    latent_std: float = 0.15                                 # stationary std of the stochastic part of each rotational latent
-    slow_std: float = 0.6                                    # stationary std of the slow mode (a spatially smooth per-trial offset)
-    local_std: float = 0.2                                   # channel-specific AR(1) component: stationary std
+    latent_std: float = 0.15  # stationary std of the stochastic part of each rotational latent
+    slow_std: float = 0.6  # stationary std of the slow mode (a spatially smooth per-trial offset)
+    local_std: float = 0.2  # channel-specific AR(1) component: stationary std
     local_rho: float = 0.95                                  # ... and its per-bin autocorrelation
     obs_std: float = 0.12                                    # white observation noise (median over channels)
-    interaction: float = 0.4                                 # gamma: multiplicative coupling of neighbouring sites
+    interaction: float = 0.4  # gamma: multiplicative coupling of neighbouring sites
     # raw-unit calibration of the LMP on the main day
     lmp_mean: float = 377.0                                  # median over channels of the per-channel mean
-    lmp_mean_spread: tuple[float, float] = (28.0, 12.0)      # split-normal std of the channel means below / above the median
+    # split-normal std of the channel means below / above the median
+    lmp_mean_spread: tuple[float, float] = (28.0, 12.0)
     lmp_std: float = 372.0                                   # median over channels of the per-channel std
-    lmp_std_spread: tuple[float, float] = (0.045, 0.35)      # split-normal std of log channel std below / above the median
-    std_spatial: float = 0.3                                 # share of the std-profile variable that is spatially smooth
+    # split-normal std of log channel std below / above the median
+    lmp_std_spread: tuple[float, float] = (0.045, 0.35)
+    std_spatial: float = 0.3  # share of the std-profile variable that is spatially smooth
     # band powers (features 1-8)
-    band_mean: tuple[float, ...] = (76.0, 80.0, 62.0, 72.0, 68.0, 44.0, 18.0, 7.0)   # median over channels of the mean
-    band_std: tuple[float, ...] = (21.0, 39.0, 30.0, 34.0, 34.0, 16.0, 4.5, 2.7)     # median over channels of the std
+    # median over channels of the mean
+    band_mean: tuple[float, ...] = (76.0, 80.0, 62.0, 72.0, 68.0, 44.0, 18.0, 7.0)
+    # median over channels of the std
+    band_std: tuple[float, ...] = (21.0, 39.0, 30.0, 34.0, 34.0, 16.0, 4.5, 2.7)
     band_lag: tuple[int, ...] = (2, 2, 1, 1, 1, 0, 0, 0)    # bins by which each band lags the latent state
-    band_coupling: tuple[float, ...] = (0.6,) * 8           # correlation of log band power with its latent drive
-    band_local: tuple[float, ...] = (0.0, 0.0, 0.2, 0.3, 0.5, 0.8, 1.0, 1.0)        # weight of the channel's own component
+    band_coupling: tuple[float, ...] = (0.6,) * 8  # correlation of log band power with its latent drive
+    # weight of the channel's own component
+    band_local: tuple[float, ...] = (0.0, 0.0, 0.2, 0.3, 0.5, 0.8, 1.0, 1.0)
     # later (cross-date) days, in registry order
-    day_std_ratio: tuple[float, ...] = (0.48,)               # median ratio of per-channel LMP std to the main day
+    day_std_ratio: tuple[float, ...] = (0.48,)  # median ratio of per-channel LMP std to the main day
     day_mean_shift: tuple[float, ...] = (94.0,)              # shift of the channel means (raw units)
     day_band_std_ratio: tuple[float, ...] = (0.7,)           # band-power std ratio to the main day
-    day_noise_gain: tuple[float, ...] = (1.6,)               # channel-level noise (local + observation) relative to the main day
+    # channel-level noise (local + observation) relative to the main day
+    day_noise_gain: tuple[float, ...] = (1.6,)
     day_dead: tuple[int, ...] = (2,)                         # dead (near-constant) channels
     day_noisy: tuple[int, ...] = (1,)                        # noisy (white, unpredictable) channels
-    day_profile_corr: float = 0.25                           # correlation of the std-profile variable with the main day's
-    day_std_jitter: float = 0.3                              # log-std of an extra per-channel std factor on a later day
-    day_loading_drift: float = 0.3                           # weight of a fresh field mixed into each loading on a later day
-    day_freq_jitter: float = 0.05                            # relative change of the rotation frequencies on a later day
-    n_pilot: int = 512                                       # pilot trials that fix each day's raw-unit read-out
+    day_profile_corr: float = 0.25  # correlation of the std-profile variable with the main day's
+    day_std_jitter: float = 0.3  # log-std of an extra per-channel std factor on a later day
+    day_loading_drift: float = 0.3  # weight of a fresh field mixed into each loading on a later day
+    day_freq_jitter: float = 0.05  # relative change of the rotation frequencies on a later day
+    n_pilot: int = 512  # pilot trials that fix each day's raw-unit read-out
 
     def validate(self):
-        if len(self.rot_freq_hz) != len(self.rot_decay): raise ValueError(f"rot_freq_hz and rot_decay need the same length, found {len(self.rot_freq_hz)} and {len(self.rot_decay)}")
+        if len(self.rot_freq_hz) != len(self.rot_decay):
+            raise ValueError(
+                f"rot_freq_hz and rot_decay need the same length, found {len(self.rot_freq_hz)} and"
+                f" {len(self.rot_decay)}"
+            )
         for f in ('band_mean', 'band_std', 'band_lag', 'band_coupling', 'band_local'):
-            if len(getattr(self, f)) != N_BANDS: raise ValueError(f"{f} needs {N_BANDS} values, found {len(getattr(self, f))}")
-        for f in ('day_std_ratio', 'day_mean_shift', 'day_band_std_ratio', 'day_noise_gain', 'day_dead', 'day_noisy'):
-            if not getattr(self, f): raise ValueError(f"{f} needs at least one value")
-        if not all(0 < d < 1 for d in (*self.rot_decay, self.slow_decay, self.local_rho)): raise ValueError("rot_decay, slow_decay and local_rho must lie in (0, 1)")
-        if not all(0 <= c < 1 for c in self.band_coupling): raise ValueError("band_coupling must lie in [0, 1)")
-        if not (0 <= self.std_spatial <= 1 and 0 <= self.day_profile_corr <= 1 and 0 <= self.day_loading_drift <= 1):
+            if len(getattr(self, f)) != N_BANDS:
+                raise ValueError(f"{f} needs {N_BANDS} values, found {len(getattr(self, f))}")
+        for f in (
+            'day_std_ratio',
+            'day_mean_shift',
+            'day_band_std_ratio',
+            'day_noise_gain',
+            'day_dead',
+            'day_noisy',
+        ):
+            if not getattr(self, f):
+                raise ValueError(f"{f} needs at least one value")
+        if not all(0 < d < 1 for d in (*self.rot_decay, self.slow_decay, self.local_rho)):
+            raise ValueError("rot_decay, slow_decay and local_rho must lie in (0, 1)")
+        if not all(0 <= c < 1 for c in self.band_coupling):
+            raise ValueError("band_coupling must lie in [0, 1)")
+        if not (
+            0 <= self.std_spatial <= 1
+            and 0 <= self.day_profile_corr <= 1
+            and 0 <= self.day_loading_drift <= 1
+        ):
             raise ValueError("std_spatial, day_profile_corr and day_loading_drift must lie in [0, 1]")
         if min(self.band_lag) < 0: raise ValueError("band_lag must be non-negative")
-        if min(*self.band_mean, *self.band_std, self.lmp_std, self.pitch_mm, self.length_scale_mm) <= 0: raise ValueError("band_mean, band_std, lmp_std, pitch_mm and length_scale_mm must be positive")
-        if self.n_conditions < 1 or self.n_pilot < 16: raise ValueError(f"need n_conditions >= 1 and n_pilot >= 16, found {self.n_conditions} and {self.n_pilot}")
+        if min(*self.band_mean, *self.band_std, self.lmp_std, self.pitch_mm, self.length_scale_mm) <= 0:
+            raise ValueError("band_mean, band_std, lmp_std, pitch_mm and length_scale_mm must be positive")
+        if self.n_conditions < 1 or self.n_pilot < 16:
+            raise ValueError(
+                f"need n_conditions >= 1 and n_pilot >= 16, found {self.n_conditions} and {self.n_pilot}"
+            )
 
 def default_params(monkey: str) -> SimParams:
     "Default `SimParams` for `monkey`, calibrated on the published statistics of its real recordings."
     get_monkey(monkey)
     if monkey == 'beignet':
-        return SimParams(pitch_mm=1.0, lmp_mean=368.0, lmp_mean_spread=(30.0, 40.0), lmp_std=490.0, lmp_std_spread=(0.6, 0.41),
-                         day_std_ratio=(0.375, 0.43), day_mean_shift=(-49.0, 8.0), day_band_std_ratio=(0.6, 0.8),
-                         day_noise_gain=(1.6, 1.4), day_dead=(1, 2), day_noisy=(2, 1))
+        return SimParams(
+            pitch_mm=1.0,
+            lmp_mean=368.0,
+            lmp_mean_spread=(30.0, 40.0),
+            lmp_std=490.0,
+            lmp_std_spread=(0.6, 0.41),
+            day_std_ratio=(0.375, 0.43),
+            day_mean_shift=(-49.0, 8.0),
+            day_band_std_ratio=(0.6, 0.8),
+            day_noise_gain=(1.6, 1.4),
+            day_dead=(1, 2),
+            day_noisy=(2, 1),
+        )
     return SimParams()
 
 # %% ../nbs/02_synthetic.ipynb
 def electrode_positions(monkey: str, pitch_mm: float | None = None) -> np.ndarray:
-    "Positions `(C, 2)` in mm of `monkey`'s electrodes: a square grid (pitch from its default `SimParams` unless given), corners missing."
+    """Positions `(C, 2)` in mm of `monkey`'s electrodes: a square grid (pitch from its default `SimParams`
+    unless given), corners missing."""
     C = get_monkey(monkey).n_channels
     pitch = default_params(monkey).pitch_mm if pitch_mm is None else float(pitch_mm)
     side = int(np.ceil(np.sqrt(C)))
@@ -110,7 +162,8 @@ def electrode_positions(monkey: str, pitch_mm: float | None = None) -> np.ndarra
 def _rotations(freqs, decays, slow_decay) -> np.ndarray:
     "Block-diagonal transition: damped 2-D rotations at `freqs` (Hz) and one slow decaying mode."
     d = 2 * len(freqs) + 1
-    A = np.zeros((d, d)); A[-1, -1] = slow_decay
+    A = np.zeros((d, d))
+    A[-1, -1] = slow_decay
     for i, (f, r) in enumerate(zip(freqs, decays)):
         w = 2 * np.pi * f * BIN_S
         A[2 * i:2 * i + 2, 2 * i:2 * i + 2] = r * np.array([[np.cos(w), -np.sin(w)], [np.sin(w), np.cos(w)]])
@@ -126,10 +179,12 @@ def _smooth_fields(pos, n, length_mm, rng) -> np.ndarray:
 # %% ../nbs/02_synthetic.ipynb
 @dataclasses.dataclass
 class DayModel:
-    "Every parameter of one simulated recording day: latent dynamics, read-out, band powers and raw-unit calibration."
+    """Every parameter of one simulated recording day: latent dynamics, read-out, band powers and raw-unit
+    calibration."""
     session: Session
     A: np.ndarray               # (d, d) latent transition: damped rotations + a slow mode
-    drive: np.ndarray           # (L+20, K, d) input of each reach direction at each latent time (latent time L is bin 0)
+    # (L+20, K, d) input of each reach direction at each latent time (latent time L is bin 0)
+    drive: np.ndarray
     q: np.ndarray               # (d,) latent process-noise std per dimension
     init_mean: np.ndarray       # (K, d) preparatory state of each reach direction
     init_std: np.ndarray        # (d,) trial-to-trial jitter of the initial state
@@ -174,13 +229,15 @@ class SimBatch:
     def __getitem__(self, i) -> SimBatch: return SimBatch(self.x[i], self.cond[i], self.z[i], self.a[i])
 
 def _roll(day, z, a, cond, t0, noise_z, noise_a):
-    "States at latent times t0+1 ... t0+K from (z, a) at t0, given reach directions and unit noise (..., N, K, d), (..., N, K, C)."
+    """States at latent times t0+1 ... t0+K from (z, a) at t0, given reach directions and unit noise (..., N,
+    K, d), (..., N, K, C)."""
     ca = (np.sqrt(1 - day.local_rho ** 2) * day.local_std).astype(np.float32)
     zs, as_ = [], []
     for k in range(noise_z.shape[-2]):
         z = z @ day.A.T + day.drive[t0 + k + 1, cond] + day.q * noise_z[..., k, :]
         a = day.local_rho * a + ca * noise_a[..., k, :]
-        zs.append(z); as_.append(a)
+        zs.append(z)
+        as_.append(a)
     return np.stack(zs, -2), np.stack(as_, -2)
 
 def _observe(day, z, a) -> np.ndarray:
@@ -189,12 +246,14 @@ def _observe(day, z, a) -> np.ndarray:
     return h + day.gamma * h * h[..., day.nbr]
 
 def _band_drive(day, z, a, k) -> np.ndarray:
-    "(N, 20, C) drive of band `k`: a band-specific projection of the latent and own state, `band_lag[k]` bins earlier."
+    """(N, 20, C) drive of band `k`: a band-specific projection of the latent and own state, `band_lag[k]`
+    bins earlier."""
     s = slice(day.lag - day.band_lag[k], day.lag - day.band_lag[k] + T_TOTAL)
     return ((z[:, s] * day.band_w[k]) @ day.loadings.T).astype(np.float32) + day.band_local[k] * a[:, s]
 
 def _simulate_y(day, n, rng, cond):
-    "Latent and own-component trajectories over all latent times, and the LMP signal y (N, 20, C) before the raw-unit map."
+    """Latent and own-component trajectories over all latent times, and the LMP signal y (N, 20, C) before the
+    raw-unit map."""
     L, T = day.lag, day.lag + T_TOTAL
     z0 = day.init_mean[cond] + day.init_std * rng.standard_normal((n, day.n_latent))
     a0 = (day.local_std * rng.standard_normal((n, day.n_channels))).astype(np.float32)
@@ -207,7 +266,8 @@ def _simulate_y(day, n, rng, cond):
     return z, a, y
 
 def _calibrate(day, rng, n_pilot) -> DayModel:
-    "Fix the raw-unit read-out from a pilot simulation: per-channel LMP mean and std hit their targets; band drives are standardised."
+    """Fix the raw-unit read-out from a pilot simulation: per-channel LMP mean and std hit their targets; band
+    drives are standardised."""
     cond = rng.integers(len(day.init_mean), size=n_pilot)
     z, a, y = _simulate_y(day, n_pilot, rng, cond)
     mu, sd = y.mean((0, 1)), y.std((0, 1))
@@ -222,14 +282,16 @@ def _calibrate(day, rng, n_pilot) -> DayModel:
 def _pick(values, i): return values[min(i, len(values) - 1)]
 def _split_normal(z, lo, hi): return np.where(z < 0, lo * z, hi * z)
 def _normal_scores(u):
-    "Replace values by the normal quantiles of their ranks: the same order, an exactly normal spread for any seed."
+    """Replace values by the normal quantiles of their ranks: the same order, an exactly normal spread for any
+    seed."""
     return ndtri((np.argsort(np.argsort(u)) + 0.5) / len(u))
 def _rng(seed, monkey, *tags) -> np.random.Generator:
     "An independent random stream for (seed, monkey, tags...), stable across Python runs."
     return np.random.default_rng([int(seed), zlib.crc32(monkey.encode()), *tags])
 
 def make_days(monkey: str, params: SimParams | None = None, seed: int = 0) -> list[DayModel]:
-    "The simulated days of `monkey`, one `DayModel` per registered session (main day first); a function of (`params`, `seed`)."
+    """The simulated days of `monkey`, one `DayModel` per registered session (main day first); a function of
+    (`params`, `seed`)."""
     p, m = params or default_params(monkey), get_monkey(monkey)
     pos, C = electrode_positions(monkey, p.pitch_mm), m.n_channels
     nrot, K, L = len(p.rot_freq_hz), p.n_conditions, max(p.band_lag)
@@ -239,25 +301,31 @@ def make_days(monkey: str, params: SimParams | None = None, seed: int = 0) -> li
     theta = 2 * np.pi * np.arange(K) / K
     ring = np.stack([np.cos(theta), np.sin(theta)], 1)                      # (K, 2) reach directions
     G = np.linalg.qr(rng.standard_normal((2 * nrot, 2)))[0]                 # plane of the preparatory states
-    init_mean = np.zeros((K, d)); init_mean[:, :-1] = p.cond_radius * ring @ G.T
-    init_std = np.r_[np.full(d - 1, p.latent_std), p.slow_std]              # the stochastic part starts stationary
+    init_mean = np.zeros((K, d))
+    init_mean[:, :-1] = p.cond_radius * ring @ G.T
+    init_std = np.r_[np.full(d - 1, p.latent_std), p.slow_std]  # the stochastic part starts stationary
     decay = np.r_[np.repeat(p.rot_decay, 2), p.slow_decay]
     q = init_std * np.sqrt(1 - decay ** 2)                                  # ... and stays stationary
-    v = rng.standard_normal(d); v[-1] = 0; v /= np.linalg.norm(v)          # condition-invariant input direction
-    H = np.linalg.qr(rng.standard_normal((2 * nrot, 2)))[0]                 # plane of the condition-specific input
-    kick = np.zeros((K, d)); kick[:, :-1] = p.kick_amp * ring @ H.T
+    v = rng.standard_normal(d)
+    v[-1] = 0
+    v /= np.linalg.norm(v)  # condition-invariant input direction
+    H = np.linalg.qr(rng.standard_normal((2 * nrot, 2)))[0]  # plane of the condition-specific input
+    kick = np.zeros((K, d))
+    kick[:, :-1] = p.kick_amp * ring @ H.T
     pulse = np.exp(-(np.arange(L + T_TOTAL) - L - p.move_bin) ** 2 / (2 * p.move_width ** 2))
     drive = pulse[:, None, None] * (p.cis_amp * v + kick)[None]             # (T, K, d)
     dist = np.hypot(*(pos[:, None] - pos[None]).transpose(2, 0, 1)) + np.eye(C) * 1e9
     nbr = dist.argmin(1)
-    sign = np.where(np.arange(N_BANDS) < 4, -1.0, 1.0)                      # low bands desynchronise with movement
+    sign = np.where(np.arange(N_BANDS) < 4, -1.0, 1.0)  # low bands desynchronise with movement
     band_w = sign[:, None] * v + 0.7 * rng.standard_normal((N_BANDS, d))
     band_w /= np.linalg.norm(band_w, axis=1, keepdims=True)
     bm, bs = np.array(p.band_mean), np.array(p.band_std)
-    band_sigma = np.sqrt(np.log1p((bs / bm) ** 2))                          # log-normal with the target coefficient of variation
+    band_sigma = np.sqrt(np.log1p((bs / bm) ** 2))  # log-normal with the target coefficient of variation
     band_logmu = np.log(bm) + 0.12 * rng.standard_normal((C, N_BANDS))
-    def profile(r):                                                         # N(0, 1) scores per channel, partly spatially smooth
-        return np.sqrt(p.std_spatial) * _smooth_fields(pos, 1, p.length_scale_mm, r)[:, 0] + np.sqrt(1 - p.std_spatial) * r.standard_normal(C)
+    def profile(r):  # N(0, 1) scores per channel, partly spatially smooth
+        return np.sqrt(p.std_spatial) * _smooth_fields(pos, 1, p.length_scale_mm, r)[:, 0] + np.sqrt(
+            1 - p.std_spatial
+        ) * r.standard_normal(C)
     u_std = _normal_scores(profile(rng))
     std_main = p.lmp_std * np.exp(_split_normal(u_std, *p.lmp_std_spread))
     mean_main = p.lmp_mean + _split_normal(_normal_scores(rng.standard_normal(C)), *p.lmp_mean_spread)
@@ -265,7 +333,15 @@ def make_days(monkey: str, params: SimParams | None = None, seed: int = 0) -> li
     obs0 = p.obs_std * np.exp(0.3 * rng.standard_normal(C))
     days = []
     for i, s in enumerate(m.registered):
-        freqs, loadings, tstd, tmean, noise, bsig, blogmu = np.array(p.rot_freq_hz), F, std_main, mean_main, 1.0, band_sigma, band_logmu
+        freqs, loadings, tstd, tmean, noise, bsig, blogmu = (
+            np.array(p.rot_freq_hz),
+            F,
+            std_main,
+            mean_main,
+            1.0,
+            band_sigma,
+            band_logmu,
+        )
         dead, noisy = np.zeros(C, bool), np.zeros(C, bool)
         if not s.main:
             j, r = i - 1, _rng(seed, monkey, 1, i)
@@ -275,66 +351,112 @@ def make_days(monkey: str, params: SimParams | None = None, seed: int = 0) -> li
             loadings = loadings / np.sqrt((loadings ** 2).mean(0))
             w = p.day_profile_corr
             u = _normal_scores(w * u_std + np.sqrt(1 - w ** 2) * profile(r))
-            tstd = _pick(p.day_std_ratio, j) * p.lmp_std * np.exp(_split_normal(u, *p.lmp_std_spread) + p.day_std_jitter * r.standard_normal(C))
+            tstd = (
+                _pick(p.day_std_ratio, j)
+                * p.lmp_std
+                * np.exp(_split_normal(u, *p.lmp_std_spread) + p.day_std_jitter * r.standard_normal(C))
+            )
             tmean = mean_main + _pick(p.day_mean_shift, j) + 15.0 * r.standard_normal(C)
             noise = _pick(p.day_noise_gain, j)
             bsig = band_sigma * _pick(p.day_band_std_ratio, j)
             blogmu = band_logmu + 0.1 * r.standard_normal((C, N_BANDS))
-            n_dead, bad = _pick(p.day_dead, j), r.permutation(C)[:_pick(p.day_dead, j) + _pick(p.day_noisy, j)]
-            dead[bad[:n_dead]] = True; noisy[bad[n_dead:]] = True
-            tstd = np.where(dead, 1.0, np.where(noisy, 1.5 * np.median(tstd), tstd))   # dead: std 1 raw unit; noisy: 1.5x the median
-        day = DayModel(s, _rotations(freqs, p.rot_decay, p.slow_decay), drive, q, init_mean, init_std,
-                       loadings.astype(np.float32), nbr, (noise * local0).astype(np.float32), p.local_rho, noise * obs0,
-                       p.interaction, dead, noisy, band_w, np.array(p.band_local), np.array(p.band_lag),
-                       np.array(p.band_coupling), bsig, blogmu, tmean, tstd)
+            n_dead, bad = (
+                _pick(p.day_dead, j),
+                r.permutation(C)[: _pick(p.day_dead, j) + _pick(p.day_noisy, j)],
+            )
+            dead[bad[:n_dead]] = True
+            noisy[bad[n_dead:]] = True
+            # dead: std 1 raw unit; noisy: 1.5x the median
+            tstd = np.where(dead, 1.0, np.where(noisy, 1.5 * np.median(tstd), tstd))
+        day = DayModel(
+            s,
+            _rotations(freqs, p.rot_decay, p.slow_decay),
+            drive,
+            q,
+            init_mean,
+            init_std,
+            loadings.astype(np.float32),
+            nbr,
+            (noise * local0).astype(np.float32),
+            p.local_rho,
+            noise * obs0,
+            p.interaction,
+            dead,
+            noisy,
+            band_w,
+            np.array(p.band_local),
+            np.array(p.band_lag),
+            np.array(p.band_coupling),
+            bsig,
+            blogmu,
+            tmean,
+            tstd,
+        )
         days.append(_calibrate(day, _rng(seed, monkey, 2, i), p.n_pilot))
     return days
 
 # %% ../nbs/02_synthetic.ipynb
-def simulate(day: DayModel, n: int, seed: int | np.random.Generator = 0, cond: np.ndarray | None = None) -> SimBatch:
-    "`n` trials of `day` in raw units (reach directions drawn uniformly unless `cond` is given), with their true bin-9 state."
+def simulate(
+    day: DayModel, n: int, seed: int | np.random.Generator = 0, cond: np.ndarray | None = None
+) -> SimBatch:
+    """`n` trials of `day` in raw units (reach directions drawn uniformly unless `cond` is given), with their
+    true bin-9 state."""
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     cond = rng.integers(len(day.init_mean), size=n) if cond is None else np.asarray(cond)
     if cond.shape != (n,) or cond.min(initial=0) < 0 or cond.max(initial=0) >= len(day.init_mean):
         raise ValueError(f"cond must hold {n} directions in 0..{len(day.init_mean) - 1}")
     z, a, y = _simulate_y(day, n, rng, cond)
-    x = rng.standard_normal((n, T_TOTAL, day.n_channels, N_FEATURES), dtype=np.float32)   # band noise; feature 0 is overwritten
+    # band noise; feature 0 is overwritten
+    x = rng.standard_normal((n, T_TOTAL, day.n_channels, N_FEATURES), dtype=np.float32)
     x[..., 0] = day.offset + day.gain * y
     # log band power = log mean - sigma^2/2 + sigma * (r * standardised drive + sqrt(1 - r^2) * noise)
-    sig = np.where(day.dead[:, None], 0.02, day.band_sigma[None])                      # (C, 8)
+    sig = np.where(day.dead[:, None], 0.02, day.band_sigma[None])  # (C, 8)
     r = np.where(day.iid[:, None], 0.0, day.band_r[None])
     slope = sig * r / day.drive_sd
     bands = x[..., 1:]
-    bands *= (sig * np.sqrt(1 - r ** 2)).astype(np.float32)
-    bands += (day.band_logmu - 0.5 * sig ** 2 - slope * day.drive_mu).astype(np.float32)
-    for k in range(N_BANDS): bands[..., k] += slope[:, k].astype(np.float32) * _band_drive(day, z, a, k)
+    bands *= (sig * np.sqrt(1 - r**2)).astype(np.float32)
+    bands += (day.band_logmu - 0.5 * sig**2 - slope * day.drive_mu).astype(np.float32)
+    for k in range(N_BANDS):
+        bands[..., k] += slope[:, k].astype(np.float32) * _band_drive(day, z, a, k)
     np.exp(bands, out=bands)
     t9 = day.lag + T_CONTEXT - 1
     return SimBatch(x, cond, z[:, t9], a[:, t9])
 
 # %% ../nbs/02_synthetic.ipynb
-def oracle_forecast(day: DayModel, batch: SimBatch, method: str = 'exact', n_draws: int = 128, seed: int = 0) -> np.ndarray:
-    "E[LMP at bins 10-19 | true state at bin 9], raw units, `(N, 20, C)`; bins 0-9 are the true context. `method`: 'exact' or 'mc'."
+def oracle_forecast(
+    day: DayModel, batch: SimBatch, method: str = 'exact', n_draws: int = 128, seed: int = 0
+) -> np.ndarray:
+    """E[LMP at bins 10-19 | true state at bin 9], raw units, `(N, 20, C)`; bins 0-9 are the true context.
+    `method`: 'exact' or 'mc'."""
     n, H, t9 = len(batch), T_TOTAL - T_CONTEXT, day.lag + T_CONTEXT - 1
     if method == 'exact':
         m, S, ey, Cl = batch.z, np.zeros((day.n_latent, day.n_latent)), [], day.loadings.astype(np.float64)
         for k in range(1, H + 1):
             m = m @ day.A.T + day.drive[t9 + k, batch.cond]
-            S = day.A @ S @ day.A.T + np.diag(day.q ** 2)
-            mh = (m @ Cl.T).astype(np.float32) + day.local_rho ** k * batch.a
-            cov = np.einsum('ci,ij,cj->c', Cl, S, Cl[day.nbr]).astype(np.float32)    # Cov(h_i, h_n(i)) at horizon k
+            S = day.A @ S @ day.A.T + np.diag(day.q**2)
+            mh = (m @ Cl.T).astype(np.float32) + day.local_rho**k * batch.a
+            # Cov(h_i, h_n(i)) at horizon k
+            cov = np.einsum('ci,ij,cj->c', Cl, S, Cl[day.nbr]).astype(np.float32)
             ey.append(mh + day.gamma * (mh * mh[:, day.nbr] + cov))
         ey = np.stack(ey, 1)
     elif method == 'mc':
         rng, ey = np.random.default_rng(seed), 0
-        chunk = max(1, int(2e7 // (n * H * day.n_channels)))                        # bound the memory of one chunk of draws
+        chunk = max(1, int(2e7 // (n * H * day.n_channels)))  # bound the memory of one chunk of draws
         for s in range(0, n_draws, chunk):
             k = min(chunk, n_draws - s)
-            z, a = _roll(day, batch.z, batch.a, batch.cond, t9, rng.standard_normal((k, n, H, day.n_latent)),
-                         rng.standard_normal((k, n, H, day.n_channels), dtype=np.float32))
+            z, a = _roll(
+                day,
+                batch.z,
+                batch.a,
+                batch.cond,
+                t9,
+                rng.standard_normal((k, n, H, day.n_latent)),
+                rng.standard_normal((k, n, H, day.n_channels), dtype=np.float32),
+            )
             ey = ey + _observe(day, z, a).sum(0)
         ey = ey / n_draws
-    else: raise ValueError(f"Unknown oracle method {method!r}; expected 'exact' or 'mc'")
+    else:
+        raise ValueError(f"Unknown oracle method {method!r}; expected 'exact' or 'mc'")
     ey[..., day.iid] = 0
     out = np.empty((n, T_TOTAL, day.n_channels), np.float32)
     out[:, :T_CONTEXT] = batch.x[:, :T_CONTEXT, :, 0]
@@ -346,8 +468,11 @@ def _n_trials(s: Session) -> tuple[int, int]: return (s.n_train or 100, s.n_test
 def _marker(out: Path, monkey: str) -> Path: return out / f'synthetic_{monkey}.json'
 def _oracle_file(s: Session) -> str: return f'oracle_{s.key}.npz'
 
-def write_challenge_like(out_dir: str | Path, monkey: str, seed: int = 0, params: SimParams | None = None) -> Path:
-    "Write a drop-in challenge data tree for `monkey` (real file names and counts, masked test inputs, truth, oracle) and its marker JSON."
+def write_challenge_like(
+    out_dir: str | Path, monkey: str, seed: int = 0, params: SimParams | None = None
+) -> Path:
+    """Write a drop-in challenge data tree for `monkey` (real file names and counts, masked test inputs,
+    truth, oracle) and its marker JSON."""
     out, m, p = resolve_path(out_dir), get_monkey(monkey), params or default_params(monkey)
     oracle, conds = {}, {}
     for i, (day, s) in enumerate(zip(make_days(monkey, p, seed), m.registered)):
@@ -361,11 +486,20 @@ def write_challenge_like(out_dir: str | Path, monkey: str, seed: int = 0, params
         save_npz(out / 'test_truth' / _oracle_file(s), f)
         oracle[s.key] = challenge_mse(f, test.x)
         conds[s.key] = dict(train=train.cond.tolist(), test=test.cond.tolist())
-    info = dict(synthetic=True, monkey=m.name, seed=int(seed), params=p.to_dict(),
-                positions=electrode_positions(monkey, p.pitch_mm).round(4).tolist(), oracle_mse=oracle,
-                neurofc_version=neurofc.__version__, conditions=conds)
+    info = dict(
+        synthetic=True,
+        monkey=m.name,
+        seed=int(seed),
+        params=p.to_dict(),
+        positions=electrode_positions(monkey, p.pitch_mm).round(4).tolist(),
+        oracle_mse=oracle,
+        neurofc_version=neurofc.__version__,
+        conditions=conds,
+    )
     tmp = _marker(out, m.name).with_suffix('.json.tmp')
-    tmp.write_text(json.dumps(info)); tmp.replace(_marker(out, m.name))     # the marker comes last: its presence means complete
+    # the marker comes last: its presence means complete
+    tmp.write_text(json.dumps(info))
+    tmp.replace(_marker(out, m.name))
     return out
 
 def is_synthetic(data_dir: str | Path, monkey: str) -> bool:
@@ -373,29 +507,48 @@ def is_synthetic(data_dir: str | Path, monkey: str) -> bool:
     return _marker(resolve_path(data_dir), monkey).exists()
 
 def synthetic_info(data_dir: str | Path, monkey: str) -> dict:
-    "The marker JSON of a simulator-written tree: seed, parameters, electrode positions, oracle MSE per session, version."
+    """The marker JSON of a simulator-written tree: seed, parameters, electrode positions, oracle MSE per
+    session, version."""
     path = _marker(resolve_path(data_dir), monkey)
-    if not path.exists(): raise FileNotFoundError(f"{path} does not exist: {resolve_path(data_dir)} is not a synthetic tree for {monkey!r}")
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist: {resolve_path(data_dir)} is not a synthetic tree for {monkey!r}"
+        )
     return json.loads(path.read_text())
 
 def ensure_synthetic(data_dir: str | Path, monkey: str, seed: int = 0) -> Path:
-    "`data_dir/'synthetic'`, after writing the simulator's tree for `monkey` there unless it is complete for this seed and version."
+    """`data_dir/'synthetic'`, after writing the simulator's tree for `monkey` there unless it is complete for
+    this seed and version."""
     out, m = resolve_path(data_dir) / 'synthetic', get_monkey(monkey)
-    need = [out / d / f for s in m.registered for d, f in
-            (('train', s.train_file), ('test', s.test_file), ('test_truth', s.truth_file), ('test_truth', _oracle_file(s)))]
+    need = [
+        out / d / f
+        for s in m.registered
+        for d, f in (
+            ('train', s.train_file),
+            ('test', s.test_file),
+            ('test_truth', s.truth_file),
+            ('test_truth', _oracle_file(s)),
+        )
+    ]
     if is_synthetic(out, monkey) and all(f.exists() for f in need):
         info = synthetic_info(out, monkey)
         if info.get('seed') == seed and info.get('neurofc_version') == neurofc.__version__: return out
-        print(f"Rewriting the synthetic {monkey} tree in {out}: it was written by neurofc {info.get('neurofc_version')} "
-              f"with seed {info.get('seed')}, this is neurofc {neurofc.__version__} asking for seed {seed}")
+        print(
+            f"Rewriting the synthetic {monkey} tree in {out}: it was written by neurofc"
+            f" {info.get('neurofc_version')} with seed {info.get('seed')}, this is neurofc"
+            f" {neurofc.__version__} asking for seed {seed}"
+        )
     return write_challenge_like(out, monkey, seed)
 
 def data_source(data_dir: str | Path, monkey: str) -> Path:
-    "Where `monkey`'s files are read from: `data_dir` when it holds the real ones, else its simulator tree (written once)."
+    """Where `monkey`'s files are read from: `data_dir` when it holds the real ones, else its simulator tree
+    (written once)."""
     data_dir = resolve_path(data_dir)
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"data_dir: expected an existing folder, found none at {data_dir} (put the real files in "
-                                f"the project's data/ folder; the simulator's tree is written under data/synthetic)")
+        raise FileNotFoundError(
+            f"data_dir: expected an existing folder, found none at {data_dir} (put the real files in "
+            "the project's data/ folder; the simulator's tree is written under data/synthetic)"
+        )
     return data_dir if has_real_data(data_dir, monkey) else ensure_synthetic(data_dir, monkey)
 
 def load_oracle(data_dir: str | Path, monkey: str) -> dict[str, np.ndarray]:
@@ -404,6 +557,8 @@ def load_oracle(data_dir: str | Path, monkey: str) -> dict[str, np.ndarray]:
     res = {}
     for s in m.registered:
         path = out / 'test_truth' / _oracle_file(s)
-        if not path.exists(): raise FileNotFoundError(f"Missing oracle file {path}: is {out} a synthetic tree for {monkey!r}?")
-        with np.load(path, allow_pickle=False) as z: res[s.key] = check_array(z['arr_0'], m.n_channels, str(path), n_features=None)
+        if not path.exists():
+            raise FileNotFoundError(f"Missing oracle file {path}: is {out} a synthetic tree for {monkey!r}?")
+        with np.load(path, allow_pickle=False) as z:
+            res[s.key] = check_array(z['arr_0'], m.n_channels, str(path), n_features=None)
     return res

@@ -16,8 +16,21 @@ from .core import get_device, seed_everything, resolve_path
 from .data import (MonkeyData, Stats, DeviceBatcher, Batch, load_monkey, normalize, mask_future,
                           challenge_mse, T_CONTEXT)
 from .infer import Forecaster, SessionRouter
-from .runs import (FINGERPRINT, run_fingerprint, is_sealed, seal_run, run_name, atomic_save, environment,
-                          prepare_run_dir, load_checkpoint, finished_metrics, write_history, members_of, load_run)
+from neurofc.runs import (
+    FINGERPRINT,
+    run_fingerprint,
+    is_sealed,
+    seal_run,
+    run_name,
+    atomic_save,
+    environment,
+    prepare_run_dir,
+    load_checkpoint,
+    finished_metrics,
+    write_history,
+    members_of,
+    load_run,
+)
 from .config import RunConfig, phase_config, build_model
 from .fast import accelerate
 from .losses import forecast_mse, forecast_huber, mmd_loss, spectral_loss, variance_weights
@@ -34,8 +47,11 @@ def _in_kernel() -> bool:
     return type(shell).__name__ == 'ZMQInteractiveShell'
 
 class LineProgress:
-    "`tqdm`'s `update`, `set_postfix`, `set_postfix_str` and `close`, as one line per update on stderr (for logs)."
-    def __init__(self, iterable=None, total: int | None = None, initial: int = 0, desc: str = '', disable: bool = False):
+    """`tqdm`'s `update`, `set_postfix`, `set_postfix_str` and `close`, as one line per update on stderr (for
+    logs)."""
+    def __init__(
+        self, iterable=None, total: int | None = None, initial: int = 0, desc: str = '', disable: bool = False
+    ):
         self.iterable, self.n, self.desc, self.disable, self.post = iterable, initial, desc, disable, ''
         self.total = len(iterable) if total is None and iterable is not None else total
         self.t0 = time.time()
@@ -46,8 +62,11 @@ class LineProgress:
     def update(self, k: int = 1):
         self.n += k
         if self.disable: return
-        print(f"{self.desc}: {self.n}/{self.total} [{time.time() - self.t0:.0f} s] {self.post}".rstrip(), file=sys.stderr,
-              flush=True)
+        print(
+            f"{self.desc}: {self.n}/{self.total} [{time.time() - self.t0:.0f} s] {self.post}".rstrip(),
+            file=sys.stderr,
+            flush=True,
+        )
 
     def __iter__(self):
         for x in self.iterable:
@@ -56,10 +75,13 @@ class LineProgress:
 
     def close(self): pass
 
-def progress_bar(iterable=None, total: int | None = None, initial: int = 0, desc: str = '', disable: bool = False):
+def progress_bar(
+    iterable=None, total: int | None = None, initial: int = 0, desc: str = '', disable: bool = False
+):
     "A progress bar: a widget in Jupyter, a bar on a terminal, one line per update in a log."
     if _in_kernel() or sys.stderr.isatty():
         from tqdm.auto import tqdm
+
         return tqdm(iterable, total=total, initial=initial, desc=desc, leave=True, disable=disable)
     return LineProgress(iterable, total, initial, desc, disable)
 
@@ -119,7 +141,9 @@ def augment(x: torch.Tensor, y: torch.Tensor, cfg: RunConfig, gen: torch.Generat
 def mixup(x, y, session, alpha: float, gen: torch.Generator | None = None):
     "Mix each trial with a random partner; λ ~ Beta(α, α) per trial, folded to ≥ 1/2."
     B = len(x)
-    beta = torch.distributions.Beta(torch.tensor(alpha, device=x.device), torch.tensor(alpha, device=x.device))
+    beta = torch.distributions.Beta(
+        torch.tensor(alpha, device=x.device), torch.tensor(alpha, device=x.device)
+    )
     lam = beta.sample((B,))
     lam = torch.maximum(lam, 1 - lam)
     j = torch.randperm(B, device=x.device, generator=gen)
@@ -128,7 +152,8 @@ def mixup(x, y, session, alpha: float, gen: torch.Generator | None = None):
 
 # %% ../nbs/07_train.ipynb
 def score_sessions(predict, arrays: dict[str, np.ndarray], main_key: str) -> dict[str, float]:
-    "Raw MSE per session of `predict(masked)` on `arrays`, plus same-day, cross-date (mean over later days) and total (mean over all)."
+    """Raw MSE per session of `predict(masked)` on `arrays`, plus same-day, cross-date (mean over later days)
+    and total (mean over all)."""
     out = {k: challenge_mse(predict(mask_future(v)), v) for k, v in arrays.items() if len(v)}
     cross = [v for k, v in out.items() if k != main_key]
     out['same_day'] = out.get(main_key, float('nan'))
@@ -151,12 +176,15 @@ def _thermal_pause(cfg: RunConfig, device: torch.device):
     if cfg.max_gpu_temp is None or device.type != 'cuda': return
     try:
         import pynvml
-        pynvml.nvmlInit(); h = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
-        while pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU) > cfg.max_gpu_temp: time.sleep(5)
+        pynvml.nvmlInit()
+        h = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+        while pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU) > cfg.max_gpu_temp:
+            time.sleep(5)
     except Exception: return
 
 def loss_weight(cfg: RunConfig, data: MonkeyData, device) -> torch.Tensor | None:
-    "Per-channel loss weights (`cfg.channel_weight='variance'`: the main day's LMP variance ratios, clamped), else None."
+    """Per-channel loss weights (`cfg.channel_weight='variance'`: the main day's LMP variance ratios,
+    clamped), else None."""
     if cfg.channel_weight != 'variance': return None
     var = torch.as_tensor(data.stats[data.keys[0]].std[:, 0].astype(np.float64) ** 2)
     return variance_weights(var, cfg.channel_weight_clamp).float().to(device)
@@ -166,18 +194,25 @@ def augments(cfg: RunConfig) -> bool:
     return bool(cfg.jitter or cfg.scale_aug or cfg.channel_dropout or cfg.phase_aug)
 
 def make_optimizer(cfg: RunConfig, params, **kw) -> torch.optim.Optimizer:
-    "`cfg`'s optimiser (Adam or AdamW at its learning rate and weight decay) over `params`; `kw`: kernel options."
+    """`cfg`'s optimiser (Adam or AdamW at its learning rate and weight decay) over `params`; `kw`: kernel
+    options."""
     opt_cls = torch.optim.AdamW if cfg.optimizer == 'adamw' else torch.optim.Adam
     return opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
 
 
 # %% ../nbs/07_train.ipynb
 class TrainStep:
-    "One optimisation step of `cfg` on a device batch: augment, mix, forward, loss, backward, clip, step, EMA."
-    def __init__(self, cfg: RunConfig, model: nn.Module, device: torch.device,
-                 weight: torch.Tensor | None = None,   # per-channel loss weights (`loss_weight`)
-                 augment: bool = True,                 # False: the batches arrive augmented (host-side plain path)
-                 fused: bool = True):                  # fused optimiser kernels where available (else foreach)
+    """One optimisation step of `cfg` on a device batch: augment, mix, forward, loss, backward, clip, step,
+    EMA."""
+    def __init__(
+        self,
+        cfg: RunConfig,
+        model: nn.Module,
+        device: torch.device,
+        weight: torch.Tensor | None = None,  # per-channel loss weights (`loss_weight`)
+        augment: bool = True,  # False: the batches arrive augmented (host-side plain path)
+        fused: bool = True,
+    ):  # fused optimiser kernels where available (else foreach)
         self.cfg, self.model, self.dev, self.weight = cfg, model, torch.device(device), weight
         self.params = [p for p in model.parameters() if p.requires_grad]
         kw = _fast_opt(self.dev) if fused else {'foreach': True}
@@ -192,11 +227,18 @@ class TrainStep:
         cfg = self.cfg
         with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.use_amp):
             want_h = cfg.mmd_weight > 0
-            out = self.forward(x, session=s if cfg.session_embedding else None, **({'return_hidden': True} if want_h else {}))
+            out = self.forward(
+                x, session=s if cfg.session_embedding else None, **({'return_hidden': True} if want_h else {})
+            )
             pred, h = out if want_h else (out, None)
             pred = pred.float()
-            loss = (forecast_huber(pred, y, cfg.huber_delta, self.weight) if cfg.loss == 'huber' else forecast_mse(pred, y, self.weight))
-            if cfg.spectral_weight > 0: loss = loss + cfg.spectral_weight * spectral_loss(pred, y, self.weight)
+            loss = (
+                forecast_huber(pred, y, cfg.huber_delta, self.weight)
+                if cfg.loss == 'huber'
+                else forecast_mse(pred, y, self.weight)
+            )
+            if cfg.spectral_weight > 0:
+                loss = loss + cfg.spectral_weight * spectral_loss(pred, y, self.weight)
             if want_h: loss = loss + cfg.mmd_weight * mmd_loss(h[:, :T_CONTEXT].float().mean(1), s)
         return loss
 
@@ -231,8 +273,17 @@ class Run:
         self.model = build_model(cfg, data.n_channels, len(data.keys), n_features, data).to(dev)
         self.step = TrainStep(cfg, self.model, dev, loss_weight(cfg, data, dev))
         self.batcher = DeviceBatcher(data.train, cfg.batch, dev, seed=seed, stats=data.stats)
-        self.state = dict(epoch=0, best=math.inf, best_ema=math.inf, best_epoch=-1, best_ema_epoch=-1, history=[],
-                          snapshots=[], done=False, segment=0)      # segment: how many times the run was resumed
+        self.state = dict(
+            epoch=0,
+            best=math.inf,
+            best_ema=math.inf,
+            best_epoch=-1,
+            best_ema_epoch=-1,
+            history=[],
+            snapshots=[],
+            done=False,
+            segment=0,
+        )  # segment: how many times the run was resumed
 
     def write_start(self, fingerprint: dict):
         "A new run's configuration, fingerprint, statistics and router."
@@ -244,8 +295,14 @@ class Run:
     def save(self):
         "`last.pt`: weights, optimiser, EMA, batcher and RNG states, and the run's state."
         opt, ema = self.step.opt, self.step.ema
-        ck = dict(model=self.model.state_dict(), opt=opt.state_dict() if opt else {}, ema=ema.state_dict() if ema else {},
-                  batcher=self.batcher.state_dict(), rng=torch.get_rng_state(), state=self.state)
+        ck = dict(
+            model=self.model.state_dict(),
+            opt=opt.state_dict() if opt else {},
+            ema=ema.state_dict() if ema else {},
+            batcher=self.batcher.state_dict(),
+            rng=torch.get_rng_state(),
+            state=self.state,
+        )
         if self.dev.type == 'cuda': ck['cuda_rng'] = torch.cuda.get_rng_state()
         atomic_save(ck, self.dir / 'last.pt')
 
@@ -283,7 +340,8 @@ class Run:
         return score_sessions(f.predict, self.data.val, self.main)
 
     def validate(self, epoch: int, row: dict):
-        "Score the weights (and the EMA weights) into `row`; keep the best of each as `best.pt` / `ema_best.pt`."
+        """Score the weights (and the EMA weights) into `row`; keep the best of each as `best.pt` /
+        `ema_best.pt`."""
         st, ema = self.state, self.step.ema
         v = self.score(self.model)
         row.update(val_same_day=v['same_day'], val_cross_date=v['cross_date'], val_total=v['total'])
@@ -318,7 +376,8 @@ class Run:
         return stop
 
     def finish(self) -> dict:
-        "Score the members, write `metrics.json`, mark the run done and seal it (every file hashed and read-only)."
+        """Score the members, write `metrics.json`, mark the run done and seal it (every file hashed and
+        read-only)."""
         n_params = sum(p.numel() for p in self.model.parameters())
         metrics = finish_run(self.cfg, self.data, self.dir, self.dev, self.state, self.seed, n_params)
         self.state['done'] = True
@@ -332,9 +391,11 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
         resume: bool = False, progress: bool = True, callback=None) -> dict:
     "Train `cfg` on `data` into `run_dir`; returns the final metrics (also in `metrics.json`)."
     run_dir, dev = resolve_path(run_dir), get_device(device)
-    if cfg.train_limit: data = dataclasses.replace(data, train={k: v[:cfg.train_limit] for k, v in data.train.items()})
+    if cfg.train_limit:
+        data = dataclasses.replace(data, train={k: v[: cfg.train_limit] for k, v in data.train.items()})
     fingerprint = run_fingerprint(data)
-    status = prepare_run_dir(run_dir, cfg, resume, fingerprint)     # verifies an existing run before anything is written
+    # verifies an existing run before anything is written
+    status = prepare_run_dir(run_dir, cfg, resume, fingerprint)
     if status == 'finished': return finished_metrics(run_dir, cfg)
     seed_everything(seed)
     if dev.type == 'cuda': torch.backends.cudnn.benchmark = True
@@ -351,8 +412,11 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
         stop = run.end_epoch(epoch, row)
         if bar:
             best = run.state['best']
-            bar.set_postfix(loss=f"{row['train_loss']:.4f}", lr=f"{row['lr']:.2e}",
-                            **({'val': f"{best:.4g}"} if math.isfinite(best) else {}))   # none before the first
+            bar.set_postfix(
+                loss=f"{row['train_loss']:.4f}",
+                lr=f"{row['lr']:.2e}",
+                **({'val': f"{best:.4g}"} if math.isfinite(best) else {}),
+            )  # none before the first
             bar.update(1)
         if callback: callback(epoch, row)
         if stop: break
@@ -362,13 +426,19 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
 
 # %% ../nbs/07_train.ipynb
 def stackable(cfg: RunConfig, device='cpu') -> bool:
-    "Whether `cfg`'s model can be vmapped over seeds on `device` (not with the fused Adaptor, nor with dropout's CPU masks)."
+    """Whether `cfg`'s model can be vmapped over seeds on `device` (not with the fused Adaptor, nor with
+    dropout's CPU masks)."""
     return cfg.model == 'amag' and not cfg.adaptor and (cfg.dropout == 0 or get_device(device).type != 'cpu')
 
 class StackedStep:
-    "`TrainStep` for k models of one configuration at once: stacked parameters, a vmapped forward, per-seed clipping."
+    """`TrainStep` for k models of one configuration at once: stacked parameters, a vmapped forward, per-seed
+    clipping."""
     def __init__(self, cfg: RunConfig, models: list[nn.Module], device, weight: torch.Tensor | None = None):
-        if not stackable(cfg, device): raise ValueError(f"{cfg.phase}: a model with the fused Adaptor or dropout cannot be vmapped over seeds; train seeds one by one")
+        if not stackable(cfg, device):
+            raise ValueError(
+                f"{cfg.phase}: a model with the fused Adaptor or dropout cannot be vmapped over seeds; train"
+                " seeds one by one"
+            )
         self.cfg, self.dev, self.k = cfg, torch.device(device), len(models)
         self.base = copy.deepcopy(models[0]).to('meta')
         accelerate(self.base, **{**cfg.speed_kwargs(), 'encoder_tile': 0})   # tiles cannot run under vmap
@@ -377,7 +447,7 @@ class StackedStep:
         self.params = [params[n] for n in self.names]
         self.opt = make_optimizer(cfg, self.params, foreach=True)
         self.ema = [p.detach().clone() for p in self.params] if cfg.ema_decay > 0 else None
-        self.single = TrainStep(cfg, models[0], device, weight)     # its loss, augmentation and mixup settings
+        self.single = TrainStep(cfg, models[0], device, weight)  # its loss, augmentation and mixup settings
         self.single.forward = self._functional
 
     def _functional(self, x, session=None, **kw):
@@ -397,7 +467,8 @@ class StackedStep:
         self.opt.zero_grad(set_to_none=True)
         losses.sum().backward()
         if cfg.grad_clip > 0:
-            norms = torch.stack([p.grad.reshape(self.k, -1).pow(2).sum(1) for p in self.params]).sum(0).sqrt()   # (k,)
+            # (k,)
+            norms = torch.stack([p.grad.reshape(self.k, -1).pow(2).sum(1) for p in self.params]).sum(0).sqrt()
             coef = (cfg.grad_clip / (norms + 1e-6)).clamp(max=1.0)
             for p in self.params: p.grad.mul_(coef.view(-1, *[1] * (p.ndim - 1)))
         self.opt.step()
@@ -406,7 +477,10 @@ class StackedStep:
 
     def state(self, i: int) -> dict:
         "Seed i's weights as a state dict."
-        return {**{n: p[i].detach() for n, p in zip(self.names, self.params)}, **{n: b[i] for n, b in self.buffers.items()}}
+        return {
+            **{n: p[i].detach() for n, p in zip(self.names, self.params)},
+            **{n: b[i] for n, b in self.buffers.items()},
+        }
 
 # %% ../nbs/07_train.ipynb
 def finish_run(cfg, data, run_dir, dev, state, seed, n_params) -> dict:
@@ -415,31 +489,63 @@ def finish_run(cfg, data, run_dir, dev, state, seed, n_params) -> dict:
     all_members = [n for n in ['best.pt', 'ema_best.pt', *state['snapshots']] if (run_dir / n).exists()]
     by_member = {n: score_sessions(load_run(run_dir, dev, [n]).predict, data.val, main) for n in all_members}
     chosen = members_of(cfg, run_dir)
-    val = by_member[chosen[0]] if len(chosen) == 1 else score_sessions(load_run(run_dir, dev, chosen).predict, data.val, main)
+    val = (
+        by_member[chosen[0]]
+        if len(chosen) == 1
+        else score_sessions(load_run(run_dir, dev, chosen).predict, data.val, main)
+    )
     synthetic = data.source is not None and (Path(data.source) / f'synthetic_{cfg.monkey}.json').exists()
-    metrics = dict(run=run_dir.name, monkey=cfg.monkey, phase=cfg.phase, model=cfg.model, seed=seed,
-                   data=str(data.source), synthetic=synthetic, members=chosen, val=val, val_by_member=by_member,
-                   persistence=score_sessions(persistence, data.val, main), epochs_run=state['epoch'],
-                   best_epoch=state['best_epoch'], stopped_early=bool(state.get('stopped_early', False)), n_params=int(n_params),
-                   train_seconds=float(sum(r['seconds'] for r in state['history'])), environment=environment(dev))
+    metrics = dict(
+        run=run_dir.name,
+        monkey=cfg.monkey,
+        phase=cfg.phase,
+        model=cfg.model,
+        seed=seed,
+        data=str(data.source),
+        synthetic=synthetic,
+        members=chosen,
+        val=val,
+        val_by_member=by_member,
+        persistence=score_sessions(persistence, data.val, main),
+        epochs_run=state['epoch'],
+        best_epoch=state['best_epoch'],
+        stopped_early=bool(state.get('stopped_early', False)),
+        n_params=int(n_params),
+        train_seconds=float(sum(r['seconds'] for r in state['history'])),
+        environment=environment(dev),
+    )
     atomic_save(json.dumps(metrics, indent=2), run_dir / 'metrics.json')
     return metrics
 
 def check_seeds(seeds) -> list[int]:
-    "`seeds` as a list of distinct ints: one int, a non-empty list of them, or their text ('7', '[1, 2]': papermill's `-p`)."
+    """`seeds` as a list of distinct ints: one int, a non-empty list of them, or their text ('7', '[1, 2]':
+    papermill's `-p`)."""
     one = lambda s: isinstance(s, (int, np.integer)) and not isinstance(s, bool)
     bad = TypeError(f"seeds: expected an int or a non-empty list of distinct ints, found {seeds!r}")
     if isinstance(seeds, str):
         try: seeds = ast.literal_eval(seeds.strip())
         except (ValueError, SyntaxError): raise bad from None
     if one(seeds): return [int(seeds)]
-    if isinstance(seeds, (list, tuple)) and seeds and all(one(s) for s in seeds) and len(set(seeds)) == len(seeds):
+    if (
+        isinstance(seeds, (list, tuple))
+        and seeds
+        and all(one(s) for s in seeds)
+        and len(set(seeds)) == len(seeds)
+    ):
         return [int(s) for s in seeds]
     raise bad
 
-def train_seeds(cfg: RunConfig, data_dir: str | Path, seeds=(42,), runs_dir: str | Path = 'runs', device: str = 'auto',
-                resume: bool = False, progress: bool = True) -> list[Path]:
-    "Train one run per seed (`seeds`: an int or a list; data loaded once, the same split for all); returns the run directories."
+def train_seeds(
+    cfg: RunConfig,
+    data_dir: str | Path,
+    seeds=(42,),
+    runs_dir: str | Path = 'runs',
+    device: str = 'auto',
+    resume: bool = False,
+    progress: bool = True,
+) -> list[Path]:
+    """Train one run per seed (`seeds`: an int or a list; data loaded once, the same split for all); returns
+    the run directories."""
     seeds = check_seeds(seeds)
     data = load_monkey(data_dir, cfg.monkey, cfg.val_frac, cfg.cross_val_frac, cfg.split_seed)
     dirs = []
