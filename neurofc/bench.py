@@ -64,6 +64,7 @@ def cpu_model() -> str:
     except OSError: pass
     return platform.processor() or platform.machine()
 
+# %% ../nbs/12_bench.ipynb
 def machine_info(device: str | torch.device = 'cpu') -> dict:
     "Device, CPU model, cores, torch threads and versions."
     dev = get_device(device)
@@ -78,6 +79,7 @@ def machine_info(device: str | torch.device = 'cpu') -> dict:
         'python': platform.python_version(),
     }
 
+# %% ../nbs/12_bench.ipynb
 def matmul_rate(device: str | torch.device = 'cpu', n: int = 2048, reps: int = 7, dtype=None) -> float:
     "Median GFLOP/s of an `n`×`n` matrix product on `device` (float32; bf16 on CUDA unless `dtype` is given)."
     dev = get_device(device)
@@ -144,6 +146,7 @@ def bench_config(phase: str, monkey: str, quick: bool = False) -> RunConfig:
     "The configuration benchmarked for `phase` on `monkey` (`quick`: a smoke-test size)."
     return phase_config(phase, monkey, quick=True, batch_size=8) if quick else phase_config(phase, monkey)
 
+# %% ../nbs/12_bench.ipynb
 def bench_data(cfg: RunConfig) -> MonkeyData:
     """The simulator's data for `cfg.monkey` at the real shapes (written once under `data/synthetic/`), split
     as `fit` splits it."""
@@ -159,6 +162,7 @@ def bench_data(cfg: RunConfig) -> MonkeyData:
         d.val = {k: v[:cfg.train_limit] for k, v in d.val.items()}
     return d
 
+# %% ../nbs/12_bench.ipynb
 def build_pair(cfg: RunConfig, data: MonkeyData, device, seed: int = 0) -> tuple[nn.Module, nn.Module]:
     "The optimized model and its plain twin (the faithful model) with identical weights, on `device`."
     seed_everything(seed)
@@ -483,6 +487,7 @@ def table(res: dict) -> pd.DataFrame:
         rows.append(row)
     return pd.DataFrame(rows)
 
+# %% ../nbs/12_bench.ipynb
 def seeds_table(res: dict) -> pd.DataFrame:
     "s/epoch/seed of k seeds trained together (stacked) and one after another."
     rows = []
@@ -499,6 +504,7 @@ def seeds_table(res: dict) -> pd.DataFrame:
         )
     return pd.DataFrame(rows)
 
+# %% ../nbs/12_bench.ipynb
 def write_report(
     res: dict, out_dir: str | Path = 'reports', command: str = 'python -m neurofc.bench'
 ) -> Path:

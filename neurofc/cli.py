@@ -27,6 +27,7 @@ def info(device: str = 'auto') -> dict:
         'cpu': platform.processor() or platform.machine(),
     }
 
+# %% ../nbs/90_cli.ipynb
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='neurofc', description='µECoG forecasting workbook')
     sub = p.add_subparsers(dest='cmd', required=True)
@@ -86,6 +87,7 @@ def export(args) -> int:
     print(f"submission: {z} ({z.stat().st_size:,} bytes)")
     return 0
 
+# %% ../nbs/90_cli.ipynb
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `neurofc` console command."
     args = _parser().parse_args(argv)

@@ -167,6 +167,7 @@ class RunConfig(Config):
             k: getattr(self, k) for k in ('adaptor_chunk', 'checkpoint', 'encoder_tile', 'encoder_keep_mb')
         }
 
+# %% ../nbs/05_config.ipynb
 _COMPETE = dict(
     hidden=128,
     heads=4,

@@ -62,18 +62,19 @@ def project_root(start: str | Path | None = None) -> Path:
         if (p / 'settings.ini').exists() and (p / 'nbs').is_dir(): return p
     return Path.cwd().resolve()
 
+# %% ../nbs/00_core.ipynb
 def resolve_path(path: str | Path, root: str | Path | None = None) -> Path:
     "`path` itself when absolute, else relative to the project root."
     path = Path(path).expanduser()
     return path if path.is_absolute() else project_root(root) / path
 
+# %% ../nbs/00_core.ipynb
 def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
     "SHA-256 of a file's bytes."
     h = hashlib.sha256()
     with open(path, 'rb') as f:
         while b := f.read(chunk): h.update(b)
     return h.hexdigest()
-
 
 # %% ../nbs/00_core.ipynb
 def _check_value(cls_name: str, name: str, tp, value):
@@ -259,6 +260,7 @@ class Stats:
     def from_dict(cls, d: dict) -> Stats:
         return cls(np.asarray(d['mean'], np.float32), np.asarray(d['std'], np.float32))
 
+# %% ../nbs/00_core.ipynb
 def compute_stats(x: np.ndarray, chunk: int = 64) -> Stats:
     """Mean and std over trials and time of `x` (N, 20, C, F), two passes in float64 over `chunk` trials at a
     time, stored as float32."""
@@ -273,6 +275,7 @@ def compute_stats(x: np.ndarray, chunk: int = 64) -> Stats:
     std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1.0), std, 1.0)
     return Stats(mean.astype(np.float32), std.astype(np.float32))
 
+# %% ../nbs/00_core.ipynb
 def _like(a, x):
     return torch.as_tensor(a, dtype=x.dtype, device=x.device) if isinstance(x, torch.Tensor) else a
 
@@ -281,6 +284,7 @@ def normalize(x, stats: Stats, scale: float = 4.0):
     "$(x - \\mu) / (4\\sigma)$ for `x` (..., C, F), NumPy or torch."
     return (x - _like(stats.mean, x)) / (scale * _like(stats.std, x))
 
+# %% ../nbs/00_core.ipynb
 def denormalize_lmp(y, stats: Stats, scale: float = 4.0):
     "Inverse of `normalize` on LMP (feature 0) predictions `y` (..., C)."
     return y * (scale * _like(stats.std[..., 0], y)) + _like(stats.mean[..., 0], y)

@@ -55,6 +55,7 @@ class Session:
     @property
     def kind(self) -> str: return 'same-day' if self.main else 'cross-date'
 
+# %% ../nbs/01_data.ipynb
 @dataclasses.dataclass
 class Monkey:
     "A monkey: its electrode count and its sessions, main day first."
@@ -75,6 +76,7 @@ class Monkey:
             f"Unknown session {key!r} for monkey {self.name!r}; known: {[s.key for s in self.sessions]}"
         )
 
+# %% ../nbs/01_data.ipynb
 MONKEYS: dict[str, Monkey] = {}
 
 def register_monkey(name: str, n_channels: int, sessions: Sequence[dict | Session] = ()) -> Monkey:
@@ -93,12 +95,14 @@ def register_monkey(name: str, n_channels: int, sessions: Sequence[dict | Sessio
     MONKEYS[name] = Monkey(name, int(n_channels), ss)
     return MONKEYS[name]
 
+# %% ../nbs/01_data.ipynb
 def get_monkey(name: str) -> Monkey:
     "The registered monkey `name`; an unknown name is an error listing the known ones."
     if isinstance(name, Monkey): return name
     if name not in MONKEYS: raise KeyError(f"Unknown monkey {name!r}; known monkeys: {sorted(MONKEYS)}")
     return MONKEYS[name]
 
+# %% ../nbs/01_data.ipynb
 def add_session(monkey: str, key: str, name: str | None = None, main: bool = False, **kw) -> Session:
     "Register one more (cross-date) day for `monkey`."
     m = get_monkey(monkey)
@@ -107,6 +111,7 @@ def add_session(monkey: str, key: str, name: str | None = None, main: bool = Fal
     m.sessions.append(s)
     return s
 
+# %% ../nbs/01_data.ipynb
 def load_registry(path: str | Path) -> list[Monkey]:
     """Register the monkeys of a JSON file: `{name: {'n_channels': C, 'sessions': [{'key':..., 'name':...,
     'main':...}, ...]}}`."""
@@ -165,22 +170,26 @@ def load_npz(path: str | Path, n_channels: int | None = None, min_trials: int = 
             ) from None
     return check_array(x, n_channels, str(path), min_trials=min_trials)
 
+# %% ../nbs/01_data.ipynb
 def masked_trials(x: np.ndarray) -> np.ndarray:
     "Indices of trials whose bins 10-19 repeat bin 9 exactly in every channel and feature (the masking rule)."
     return np.flatnonzero(
         (x[:, T_CONTEXT:] == x[:, T_CONTEXT - 1 : T_CONTEXT]).all(axis=tuple(range(1, x.ndim)))
     )
 
+# %% ../nbs/01_data.ipynb
 def file_record(path: Path, x: np.ndarray) -> dict:
     "What a fingerprint records of a session file: its name, its array's shape and content hash."
     return dict(file=Path(path).name, shape=list(x.shape), sha256=array_digest(x))
 
+# %% ../nbs/01_data.ipynb
 def array_digest(x: np.ndarray) -> str:
     "SHA-256 of an array's dtype, shape and bytes: the identity of a data file's content."
     h = hashlib.sha256(f'{x.dtype.str}{x.shape}'.encode())
     h.update(memoryview(np.ascontiguousarray(x)).cast('B'))
     return h.hexdigest()
 
+# %% ../nbs/01_data.ipynb
 def save_npz(path: str | Path, x: np.ndarray) -> Path:
     "Write `x` as `arr_0`, as the challenge's files are written (atomically: temporary file, then rename)."
     path = Path(path)
@@ -212,6 +221,7 @@ def find_sessions(data_dir: str | Path, monkey: str, split: str = 'train') -> li
     # a day found elsewhere is not one of this folder's
     return [s for s in m.sessions if not s.discovered or s.key in here]
 
+# %% ../nbs/01_data.ipynb
 def session_path(data_dir: str | Path, session: Session, split: str = 'train') -> Path:
     """Path of `session`'s file for `split` ('train', 'test' = masked inputs, or 'truth' = unmasked test) in
     `data_dir`."""
@@ -226,6 +236,7 @@ def session_path(data_dir: str | Path, session: Session, split: str = 'train') -
         )
     return p
 
+# %% ../nbs/01_data.ipynb
 def load_session(path: str | Path, monkey: str, split: str = 'train') -> np.ndarray:
     """One session file of `monkey`, validated; training and truth files must hold the true future, not masked
     trials."""
@@ -239,6 +250,7 @@ def load_session(path: str | Path, monkey: str, split: str = 'train') -> np.ndar
         )
     return x
 
+# %% ../nbs/01_data.ipynb
 def load_split(data_dir: str | Path, monkey: str, split: str = 'train') -> dict[str, np.ndarray]:
     "Every session of `monkey` for `split` as validated arrays, keyed by session key (main day first)."
     if split not in ('train', 'test', 'truth'):
@@ -248,6 +260,7 @@ def load_split(data_dir: str | Path, monkey: str, split: str = 'train') -> dict[
         for s in find_sessions(data_dir, monkey)
     }
 
+# %% ../nbs/01_data.ipynb
 def has_real_data(data_dir: str | Path, monkey: str) -> bool:
     "True when the main-day training file of `monkey` lies in `data_dir` (not in its `synthetic/` folder)."
     return _find(resolve_path(data_dir), 'train', get_monkey(monkey).main.train_file) is not None
@@ -345,6 +358,7 @@ class Batch:
     y: torch.Tensor        # (B, 20, C) normalised true LMP (bins 10-19 are the target)
     session: torch.Tensor  # (B,) session index
 
+# %% ../nbs/01_data.ipynb
 class DeviceBatcher:
     "Shuffled batches of every session's trials, kept, normalised and masked on `device`."
     def __init__(

@@ -49,6 +49,7 @@ def render_report(monkey: str, runs, data_dir: str | Path = 'data', out: str | P
     html.write_text(body)
     return html
 
+# %% ../nbs/11_demo.ipynb
 def _differs(run_dir: Path, cfg, fingerprint: dict) -> list[str]:
     "Why the run in `run_dir` cannot be continued or reused for `cfg` on these data and code (empty: it can)."
     if not (run_dir / FINGERPRINT).exists(): return [f"it has no {FINGERPRINT}"]
@@ -70,6 +71,7 @@ def demo_run_dir(runs_dir: Path, name: str, cfg, fingerprint: dict) -> Path:
         if not diffs: return d
         print(f"{d} holds a run of other data, code or settings ({'; '.join(diffs)}): it is kept as it is")
 
+# %% ../nbs/11_demo.ipynb
 def run_demo(
     monkey: str = 'beignet',
     device: str = 'auto',

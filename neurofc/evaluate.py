@@ -35,10 +35,12 @@ def challenge_total(mses: dict[str, float]) -> float:
     "The challenge's total: the plain mean of the per-file MSEs."
     return float(np.mean(list(mses.values())))
 
+# %% ../nbs/09_evaluate.ipynb
 def step_mse(pred, truth) -> np.ndarray:
     "MSE of each forecast bin 10..19, shape (10,)."
     return ((_future(pred) - _future(_lmp(truth))) ** 2).mean((0, 2))
 
+# %% ../nbs/09_evaluate.ipynb
 def channel_scores(pred, truth) -> pd.DataFrame:
     "Per-channel MSE, R² and Pearson r over trials and forecast bins."
     p, t = _future(pred), _future(_lmp(truth))
@@ -225,6 +227,7 @@ def evaluate(runs: str | Path | list, data_dir: str | Path, ensemble: bool = Tru
         df.attrs['path'] = str(out)
     return (df, preds, sets) if return_predictions else df
 
+# %% ../nbs/09_evaluate.ipynb
 def phase_table(df: pd.DataFrame) -> pd.DataFrame:
     """Wide summary: one row per model, MSE per test set, same-day / cross-date / total, and oracle ratios
     when present."""

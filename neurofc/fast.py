@@ -29,6 +29,7 @@ def fast_form(cls: type) -> type:
     FAST[cls.__bases__[0]] = cls
     return cls
 
+# %% ../nbs/04a_fast.ipynb
 def accelerate(model: nn.Module,
                adaptor_chunk: int = 0,            # Adaptor tile: target channels per tile (0: `auto_chunk`)
                checkpoint: bool = False,          # keep no Adaptor pair activations (recompute in backward)
@@ -50,6 +51,7 @@ def accelerate(model: nn.Module,
         if hasattr(m, 'chunk'): m.chunk, m.checkpoint = adaptor_chunk, checkpoint        # the fused Adaptor
     return model
 
+# %% ../nbs/04a_fast.ipynb
 def fast(m: nn.Module, **settings) -> nn.Module:
     "An accelerated deep copy of `m` (the original stays faithful)."
     return accelerate(copy.deepcopy(m), **settings)
@@ -223,6 +225,7 @@ class FastEncoder(Encoder):
         if not 0 <= start < x.shape[1]: raise ValueError(f"start must be in [0, {x.shape[1]}), found {start}")
         return _tiled(lambda t: self._run(t, start), x, tile_size(self.tile, x), self.parameters(), self.keep)
 
+# %% ../nbs/04a_fast.ipynb
 @fast_form
 class FastTemporalEncoder(TemporalEncoder):
     "TE with its encoder's tiles around the embedding too."
@@ -236,6 +239,7 @@ class FastTemporalEncoder(TemporalEncoder):
             B, C, T, -1
         )
 
+# %% ../nbs/04a_fast.ipynb
 @fast_form
 class FastTemporalReadout(TemporalReadout):
     "TR with positions, blocks and head in its encoder's tiles, computing bins >= `start` only."
@@ -247,6 +251,7 @@ class FastTemporalReadout(TemporalReadout):
         y = _tiled(run, seqs, tile_size(enc.tile, seqs), self.parameters(), enc.keep)
         return y.view(B, C, T - start).transpose(1, 2)
 
+# %% ../nbs/04a_fast.ipynb
 @fast_form
 class FastChannelAttention(ChannelAttention):
     "Channel attention in tiles of bins: about as many tokens per tile as the encoders' `tile` sequences."

@@ -22,6 +22,7 @@ def synthetic_dir(monkey: str = 'beignet') -> Path:
     "The project's synthetic data tree for `monkey` (generated once under `data/synthetic/`)."
     return ensure_synthetic(resolve_path('data'), monkey)
 
+# %% ../nbs/99_fixtures.ipynb
 def tiny_data(monkey: str = 'beignet', limit: int = 48) -> MonkeyData:
     "Synthetic training data of `monkey`, at most `limit` training and validation trials per day."
     d = load_monkey(synthetic_dir(monkey), monkey)
@@ -29,6 +30,7 @@ def tiny_data(monkey: str = 'beignet', limit: int = 48) -> MonkeyData:
     d.val = {k: v[:limit] for k, v in d.val.items()}
     return d
 
+# %% ../nbs/99_fixtures.ipynb
 TINY = dict(hidden=8, d_ff=16, heads=2, channel_heads=2, epochs=2, val_every=1, t0=1, warmup=0, batch_size=8,
             train_limit=32, val_frac=0.03, cross_val_frac=0.1)   # the one tiny configuration of the tests
 _DATA = ('train_limit', 'val_frac', 'cross_val_frac', 'batch_size')
@@ -40,6 +42,7 @@ def tiny_config(phase: str = 'paper', monkey: str = 'beignet', model: str = 'ama
     if model == 'gru': kw = {**kw, 'hidden': 16, 'epochs': 2}
     return phase_config(phase, monkey, quick=True, model=model, **{**kw, **overrides})
 
+# %% ../nbs/99_fixtures.ipynb
 def quick_runs(
     monkey: str,
     runs_dir: str | Path,

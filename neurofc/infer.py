@@ -40,6 +40,7 @@ def binom_tail(k: int, n: int, p: float) -> float:
         ),
     )
 
+# %% ../nbs/04c_infer.ipynb
 class SessionRouter:
     "Nearest-centroid day classifier on context-LMP statistics of raw trials, with each day's own spread."
     def __init__(
@@ -236,6 +237,7 @@ def repair_nonfinite(x: np.ndarray, fill: np.ndarray) -> tuple[np.ndarray, np.nd
     out[trials] = y
     return out, trials
 
+# %% ../nbs/04c_infer.ipynb
 def _batch_for(run: dict, n_channels: int, budget: int = 1 << 28) -> int:
     """Trials per batch: 64, or for AMAG's Adaptor as many as keep its pair layers' activations within
     `budget` bytes."""

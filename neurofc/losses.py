@@ -30,11 +30,13 @@ def forecast_mse(pred, target, weight: torch.Tensor | None = None) -> torch.Tens
     p, t = _window(pred, target)
     return _reduce((p - t) ** 2, weight)
 
+# %% ../nbs/06_losses.ipynb
 def forecast_huber(pred, target, delta: float = 1.0, weight: torch.Tensor | None = None) -> torch.Tensor:
     "Huber (SmoothL1, PyTorch's scaling) over bins 10-19, optionally channel-weighted."
     p, t = _window(pred, target)
     return _reduce(F.smooth_l1_loss(p, t, reduction='none', beta=delta), weight)
 
+# %% ../nbs/06_losses.ipynb
 def variance_weights(var: torch.Tensor, clamp: float = 10.0) -> torch.Tensor:
     """Per-channel weights ∝ raw LMP variance relative to the mean, clamped to [1/clamp, clamp], normalised to
     mean 1."""

@@ -61,6 +61,7 @@ def code_fingerprint() -> dict:
         h.update(p.name.encode() + b'\0' + p.read_bytes())
     return dict(neurofc=neurofc.__version__, commit=_git_commit(), source_sha256=h.hexdigest())
 
+# %% ../nbs/06a_runs.ipynb
 def data_fingerprint(data_dir: str | Path, monkey: str) -> dict:
     "The fingerprint of `monkey`'s training files in `data_dir`, as `MonkeyData.fingerprint` records it."
     files = {}
@@ -69,6 +70,7 @@ def data_fingerprint(data_dir: str | Path, monkey: str) -> dict:
         files[s.key] = file_record(p, load_session(p, monkey))
     return dict(monkey=get_monkey(monkey).name, days=list(files), files=files)
 
+# %% ../nbs/06a_runs.ipynb
 def run_fingerprint(data) -> dict:
     "What a run trained on `data` (a `MonkeyData`) records before its first epoch."
     return dict(data=data.fingerprint(), code=code_fingerprint())
@@ -109,10 +111,12 @@ def fingerprint_diff(saved: dict, now: dict, code: bool = True, new_days: bool =
 class RunIntegrityError(ValueError):
     "A finished run's files differ from its seal, or it cannot be verified."
 
+# %% ../nbs/06a_runs.ipynb
 def is_sealed(run_dir: str | Path) -> bool:
     "Whether `run_dir` is a finished (sealed) run."
     return (Path(run_dir) / SEAL).exists()
 
+# %% ../nbs/06a_runs.ipynb
 def _contents(run_dir: Path) -> list[Path]:
     return sorted(
         p for p in run_dir.iterdir() if p.is_file() and p.name != SEAL and not p.name.startswith('.')
@@ -128,6 +132,7 @@ def seal_run(run_dir: str | Path) -> dict[str, str]:
     for p in [*_contents(run_dir), run_dir / SEAL]: os.chmod(p, 0o444)
     return files
 
+# %% ../nbs/06a_runs.ipynb
 def verify_seal(run_dir: str | Path) -> None:
     "Raise `RunIntegrityError` naming every file of a finished run that differs from its seal."
     run_dir = Path(run_dir)
@@ -178,6 +183,7 @@ def verify_run(run_dir: str | Path, data: dict | None = None, code: str = 'warn'
 def run_name(cfg: RunConfig, seed: int) -> str:
     return f"{cfg.monkey}-{cfg.phase if cfg.model == 'amag' else cfg.model}-seed{seed}"
 
+# %% ../nbs/06a_runs.ipynb
 def atomic_save(obj, path: Path):
     "`torch.save` (or JSON text for str) to a temporary file, then rename over `path`."
     tmp = path.with_name(path.name + '.tmp')
@@ -185,6 +191,7 @@ def atomic_save(obj, path: Path):
     else: torch.save(obj, tmp)
     os.replace(tmp, path)
 
+# %% ../nbs/06a_runs.ipynb
 def environment(device: torch.device) -> dict:
     "Versions, device and commit recorded with every run."
     return {
@@ -202,6 +209,7 @@ def environment(device: torch.device) -> dict:
         'git_commit': _git_commit(),
     }
 
+# %% ../nbs/06a_runs.ipynb
 RESUME_IGNORES = (
     'epochs',
     'adaptor_chunk',
@@ -217,6 +225,7 @@ def read_config(run_dir: Path) -> RunConfig:
     path = run_dir / 'config.json'
     return RunConfig.from_dict(read_json(path, 'the configuration of a neurofc run'), str(path))
 
+# %% ../nbs/06a_runs.ipynb
 def config_diff(run_dir: Path, cfg: RunConfig) -> dict:
     """Fields (saved, requested) where `cfg` differs from the run's saved config, except budget, memory and
     speed."""
@@ -226,6 +235,7 @@ def config_diff(run_dir: Path, cfg: RunConfig) -> dict:
         if getattr(cfg, k) != v and k not in RESUME_IGNORES
     }
 
+# %% ../nbs/06a_runs.ipynb
 def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, fingerprint: dict | None = None) -> str:
     """Create `run_dir` ('new') or verify, writing nothing, that it may be resumed: 'resume', 'restart' (no
     checkpoint yet) or 'finished'."""
@@ -261,7 +271,6 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, fingerprint: di
         return 'finished'
     return 'resume' if (run_dir / 'last.pt').exists() else 'restart'
 
-
 # %% ../nbs/06a_runs.ipynb
 def load_checkpoint(path: Path, device) -> dict:
     "A checkpoint's content; a damaged file is an error naming it."
@@ -272,6 +281,7 @@ def load_checkpoint(path: Path, device) -> dict:
             f"({path.stat().st_size:,} bytes; {type(e).__name__}): it is damaged"
         ) from None
 
+# %% ../nbs/06a_runs.ipynb
 def finished_metrics(run_dir: Path, cfg: RunConfig) -> dict:
     "The metrics of a finished run, which is read-only: asking for more epochs than it ran is an error."
     m = read_json(run_dir / 'metrics.json', 'the metrics of a finished neurofc run')
@@ -283,6 +293,7 @@ def finished_metrics(run_dir: Path, cfg: RunConfig) -> dict:
     print(f"{run_dir} is finished; returning its metrics (nothing written)")
     return m
 
+# %% ../nbs/06a_runs.ipynb
 def write_history(path: Path, rows: list[dict]):
     cols = list(dict.fromkeys(k for r in rows for k in r))
     tmp = path.with_name(path.name + '.tmp')
@@ -291,7 +302,6 @@ def write_history(path: Path, rows: list[dict]):
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, path)
-
 
 # %% ../nbs/06a_runs.ipynb
 def members_of(cfg: RunConfig, run_dir: Path) -> list[str]:

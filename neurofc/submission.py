@@ -50,6 +50,7 @@ def zip_listing(zip_path: str | Path) -> list[tuple[str, int]]:
     "(name, uncompressed size) of every entry of a zip."
     with zipfile.ZipFile(zip_path) as z: return [(i.filename, i.file_size) for i in z.infolist()]
 
+# %% ../nbs/10_submission.ipynb
 def _probe(stats: Stats, n: int = 3, seed: int = 0) -> np.ndarray:
     "Masked random trials with a day's per-channel means and standard deviations."
     rng = np.random.default_rng(seed)
@@ -68,6 +69,7 @@ def reference_predict(
         preds.append(f.predict(x))
     return np.mean(preds, 0) if len(preds) > 1 else preds[0]
 
+# %% ../nbs/10_submission.ipynb
 def _prepare_out(out_dir: Path, zip_path: Path, overwrite: bool):
     existing = [p for p in (out_dir, zip_path) if p.exists() and not (p.is_dir() and not any(p.iterdir()))]
     if existing and not overwrite:
@@ -190,6 +192,7 @@ def export_submission(runs_by_monkey: dict,         # monkey -> glob or list of 
     if verify: verify_submission(out_dir, plan, norm)
     return zip_path
 
+# %% ../nbs/10_submission.ipynb
 def verify_submission(
     sub_dir: str | Path, runs_by_monkey: dict, norm: str = 'session', n: int = 3, rtol: float = 1e-4
 ) -> dict[str, float]:
@@ -275,6 +278,7 @@ def challenge_test_files(
         out.append((monkey, files))
     return out
 
+# %% ../nbs/10_submission.ipynb
 def _submission_monkeys(submission: Path) -> list[str]:
     "The monkeys a submission (zip or folder) holds models for, after checking it is one."
     what = "a submission zip or folder holding model.py and manifest.json"
@@ -371,6 +375,7 @@ def run_ingestion(
     res['output_dir'], res['stderr'] = str(out.resolve()), r.stderr[-4000:]
     return res
 
+# %% ../nbs/10_submission.ipynb
 def score_predictions(
     output_dir: str | Path, data_dir: str | Path, monkeys=CHALLENGE_MONKEYS
 ) -> dict[str, float]:

@@ -125,6 +125,7 @@ class SimParams(Config):
                 f"need n_conditions >= 1 and n_pilot >= 16, found {self.n_conditions} and {self.n_pilot}"
             )
 
+# %% ../nbs/02_synthetic.ipynb
 def default_params(monkey: str) -> SimParams:
     "Default `SimParams` for `monkey`, calibrated on the published statistics of its real recordings."
     get_monkey(monkey)
@@ -218,6 +219,7 @@ class DayModel:
     @property
     def iid(self) -> np.ndarray: return self.dead | self.noisy
 
+# %% ../nbs/02_synthetic.ipynb
 @dataclasses.dataclass
 class SimBatch:
     "Simulated trials with their reach directions and the true state at the last context bin (bin 9)."
@@ -502,10 +504,12 @@ def write_challenge_like(
     tmp.replace(_marker(out, m.name))
     return out
 
+# %% ../nbs/02_synthetic.ipynb
 def is_synthetic(data_dir: str | Path, monkey: str) -> bool:
     "True when `data_dir` holds a simulator-written tree for `monkey` (its marker JSON is present)."
     return _marker(resolve_path(data_dir), monkey).exists()
 
+# %% ../nbs/02_synthetic.ipynb
 def synthetic_info(data_dir: str | Path, monkey: str) -> dict:
     """The marker JSON of a simulator-written tree: seed, parameters, electrode positions, oracle MSE per
     session, version."""
@@ -516,6 +520,7 @@ def synthetic_info(data_dir: str | Path, monkey: str) -> dict:
         )
     return json.loads(path.read_text())
 
+# %% ../nbs/02_synthetic.ipynb
 def ensure_synthetic(data_dir: str | Path, monkey: str, seed: int = 0) -> Path:
     """`data_dir/'synthetic'`, after writing the simulator's tree for `monkey` there unless it is complete for
     this seed and version."""
@@ -540,6 +545,7 @@ def ensure_synthetic(data_dir: str | Path, monkey: str, seed: int = 0) -> Path:
         )
     return write_challenge_like(out, monkey, seed)
 
+# %% ../nbs/02_synthetic.ipynb
 def data_source(data_dir: str | Path, monkey: str) -> Path:
     """Where `monkey`'s files are read from: `data_dir` when it holds the real ones, else its simulator tree
     (written once)."""
@@ -551,6 +557,7 @@ def data_source(data_dir: str | Path, monkey: str) -> Path:
         )
     return data_dir if has_real_data(data_dir, monkey) else ensure_synthetic(data_dir, monkey)
 
+# %% ../nbs/02_synthetic.ipynb
 def load_oracle(data_dir: str | Path, monkey: str) -> dict[str, np.ndarray]:
     "The oracle forecasts `(N, 20, C)` of a synthetic tree, keyed by session key (main day first)."
     out, m = resolve_path(data_dir), get_monkey(monkey)

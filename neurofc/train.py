@@ -189,16 +189,17 @@ def loss_weight(cfg: RunConfig, data: MonkeyData, device) -> torch.Tensor | None
     var = torch.as_tensor(data.stats[data.keys[0]].std[:, 0].astype(np.float64) ** 2)
     return variance_weights(var, cfg.channel_weight_clamp).float().to(device)
 
+# %% ../nbs/07_train.ipynb
 def augments(cfg: RunConfig) -> bool:
     "Whether `cfg` switches on any input augmentation."
     return bool(cfg.jitter or cfg.scale_aug or cfg.channel_dropout or cfg.phase_aug)
 
+# %% ../nbs/07_train.ipynb
 def make_optimizer(cfg: RunConfig, params, **kw) -> torch.optim.Optimizer:
     """`cfg`'s optimiser (Adam or AdamW at its learning rate and weight decay) over `params`; `kw`: kernel
     options."""
     opt_cls = torch.optim.AdamW if cfg.optimizer == 'adamw' else torch.optim.Adam
     return opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
-
 
 # %% ../nbs/07_train.ipynb
 class TrainStep:
@@ -517,6 +518,7 @@ def finish_run(cfg, data, run_dir, dev, state, seed, n_params) -> dict:
     atomic_save(json.dumps(metrics, indent=2), run_dir / 'metrics.json')
     return metrics
 
+# %% ../nbs/07_train.ipynb
 def check_seeds(seeds) -> list[int]:
     """`seeds` as a list of distinct ints: one int, a non-empty list of them, or their text ('7', '[1, 2]':
     papermill's `-p`)."""
@@ -535,6 +537,7 @@ def check_seeds(seeds) -> list[int]:
         return [int(s) for s in seeds]
     raise bad
 
+# %% ../nbs/07_train.ipynb
 def train_seeds(
     cfg: RunConfig,
     data_dir: str | Path,
@@ -554,4 +557,3 @@ def train_seeds(
         fit(cfg, data, d, seed, device, resume, progress)
         dirs.append(d)
     return dirs
-
