@@ -546,7 +546,7 @@ def write_report(
             "Data: the built-in simulator at the real shapes (timing does not depend on the values). s/epoch"
             " = median s/batch × batches per epoch of neurofc's split + amortised validation. × ref is per"
             " batch against the reference implementation's figure on this machine kind; × plain against"
-            " neurofc's plain path (literal pairwise Adaptor, per-sample host batching) timed in this run."
+            " neurofc's plain path (the faithful model of `neurofc.amag`, per-sample host batching) timed in this run."
             " guard: largest relative difference between the two paths (forecasts, gradients, parameters"
             " after one optimiser step). Peak GB: the process's resident high-water mark. The optimized path"
             " runs in separate processes minutes apart (s/batch of each run) and the faster run counts, since"
@@ -582,7 +582,7 @@ def write_report(
             "",
             (
                 "Stacked: the seeds' models vmapped as one (`StackedStep`, torch.func), proven equal to"
-                " separate runs in `nbs/12_bench.ipynb`. A speed-up below 1 means one-after-another is faster"
+                " separate runs in `nbs/07_train.ipynb`. A speed-up below 1 means one-after-another is faster"
                 " on this device (on a CPU the stacked model runs untiled and out of cache), so `train_seeds`"
                 " trains seeds one after another. Configurations with the fused Adaptor or CPU dropout cannot"
                 " be stacked."

@@ -115,7 +115,7 @@ def test_export_refuses_bad_runs(world, tmp_path):
     assert not (tmp_path / 'x').exists() and not (tmp_path / 'x.zip').exists()
 
 
-def test_generated_model_inputs(world, tmp_path):
+def test_exported_model_inputs(world, tmp_path):
     "The exported `model.py` (executed as a file): shape errors, N = 0, N = 1, batches, against neurofc's prediction."
     runs = {'affi': world.runs['affi-gru'], 'beignet': world.runs['beignet-compete']}
     export_submission(runs, tmp_path / 'sub')
