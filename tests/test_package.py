@@ -65,3 +65,14 @@ def test_notebooks_carry_unique_cell_ids():
     for nb in sorted((ROOT / 'nbs').glob('*.ipynb')):
         ids = [c.get('id') for c in json.loads(nb.read_text())['cells']]
         assert all(ids) and len(set(ids)) == len(ids), f'{nb.name}: cells without ids or with repeated ids'
+
+
+def test_papermill_reads_every_parameter():
+    "papermill parses each line of the workflow notebooks' parameters cells (else it prints 'Unable to parse line')."
+    import json
+    from papermill.translators import PythonTranslator
+    for name in ('train.ipynb', 'report.ipynb'):
+        cells = json.loads((ROOT / 'nbs' / name).read_text())['cells']
+        src = next(''.join(c['source']) for c in cells if 'parameters' in c['metadata'].get('tags', []))
+        names = [l.split('=')[0].strip() for l in src.splitlines() if l.strip() and not l.lstrip().startswith('#')]
+        assert [p.name for p in PythonTranslator.inspect({'source': src})] == names, name
