@@ -51,6 +51,7 @@ class RunConfig(Config):
     warmup: int = 0                     # linear warm-up epochs
     eta_min: float = 1e-6
     epochs: int = 500
+    max_minutes: float | None = None   # budget: stop after the epoch in which training + validation pass it
     patience: int = 50  # early stopping: epochs without validation improvement; 0 = never stop early
     val_every: int = 10                 # validation cadence (epochs)
     grad_clip: float = 1.0              # max gradient norm; 0 disables
@@ -139,6 +140,8 @@ class RunConfig(Config):
             raise ValueError(f"ema_decay must be in [0, 1), found {self.ema_decay}")
         if self.encoder_tile is not None and self.encoder_tile < 0:
             raise ValueError(f"encoder_tile must be >= 0 or None, found {self.encoder_tile}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be > 0 or None, found {self.max_minutes}")
         if self.train_limit is not None and self.train_limit < 1:
             raise ValueError(f"train_limit must be >= 1, found {self.train_limit}")
         if self.batch_size is not None and self.batch_size < 1:

@@ -212,6 +212,7 @@ def environment(device: torch.device) -> dict:
 # %% ../nbs/06a_runs.ipynb
 RESUME_IGNORES = (
     'epochs',
+    'max_minutes',
     'adaptor_chunk',
     'checkpoint',
     'encoder_tile',
@@ -285,7 +286,7 @@ def load_checkpoint(path: Path, device) -> dict:
 def finished_metrics(run_dir: Path, cfg: RunConfig) -> dict:
     "The metrics of a finished run, which is read-only: asking for more epochs than it ran is an error."
     m = read_json(run_dir / 'metrics.json', 'the metrics of a finished neurofc run')
-    if cfg.epochs > m['epochs_run'] and not m['stopped_early']:
+    if cfg.epochs > m['epochs_run'] and not (m['stopped_early'] or m.get('stopped_by_budget')):
         raise ValueError(
             f"{run_dir} finished after {m['epochs_run']} epochs and a finished run is read-only: to train for"
             f" epochs={cfg.epochs}, start a new run (another runs_dir or seed)"

@@ -407,10 +407,15 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
         return finished_metrics(run_dir, cfg)
     bar = progress_bar(total=cfg.epochs, initial=run.state['epoch'], desc=run_dir.name) if progress else None
     for epoch in range(run.state['epoch'], cfg.epochs):
+        t0 = time.time()
         row = run.train_epoch(epoch)
-        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs: run.validate(epoch, row)
+        spent = run.state.get('wall_s', 0.0) + time.time() - t0
+        out_of_time = cfg.max_minutes is not None and spent >= 60 * cfg.max_minutes   # this epoch is the last
+        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs or out_of_time: run.validate(epoch, row)
         if cfg.snapshots and is_cycle_end(cfg, epoch): run.snapshot(epoch)
-        stop = run.end_epoch(epoch, row)
+        run.state['wall_s'] = run.state.get('wall_s', 0.0) + time.time() - t0
+        if out_of_time: run.state['stopped_by_budget'] = True
+        stop = run.end_epoch(epoch, row) or out_of_time
         if bar:
             best = run.state['best']
             bar.set_postfix(
@@ -511,8 +516,10 @@ def finish_run(cfg, data, run_dir, dev, state, seed, n_params) -> dict:
         epochs_run=state['epoch'],
         best_epoch=state['best_epoch'],
         stopped_early=bool(state.get('stopped_early', False)),
+        stopped_by_budget=bool(state.get('stopped_by_budget', False)),
         n_params=int(n_params),
         train_seconds=float(sum(r['seconds'] for r in state['history'])),
+        wall_seconds=float(state.get('wall_s', 0.0)),   # training and validation, as `max_minutes` counts them
         environment=environment(dev),
     )
     atomic_save(json.dumps(metrics, indent=2), run_dir / 'metrics.json')
