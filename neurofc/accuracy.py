@@ -163,12 +163,13 @@ def plot(df: pd.DataFrame, runs: Path, path: Path):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     monkeys = list(dict.fromkeys(df.monkey))
+    color = dict(zip(MODELS, plt.get_cmap('tab10').colors))          # one colour per model in every panel
     fig, axes = plt.subplots(len(monkeys), 2, figsize=(12, 4 * len(monkeys)), squeeze=False)
     for (ax1, ax2), monkey in zip(axes, monkeys):
         d = df[df.monkey == monkey]
         for name, g in d.groupby('model', sort=False):
             g = g.groupby('budget_min')['÷ oracle'].mean()
-            ax1.plot(g.index, g.values, 'o-', label=name)
+            ax1.plot(g.index, g.values, 'o-', label=name, color=color.get(name))
         ax1.set(xlabel='training budget (minutes)', ylabel='test total ÷ oracle (mean over draws)',
                 title=f'{monkey}: test error by budget', yscale='log')
         ax1.legend(fontsize=8)
@@ -176,13 +177,13 @@ def plot(df: pd.DataFrame, runs: Path, path: Path):
         for r in d[(d.budget_min == top) | d.model.isin(CLOSED_FORM)].itertuples():
             if r.draw != d.draw.min(): continue
             if r.model in CLOSED_FORM:
-                ax2.axhline(r.val_total, ls='--', lw=1, color='grey' if r.model == 'ridge' else 'black',
+                ax2.axhline(r.val_total, ls='--', lw=1, color=color[r.model],
                             label=f'{r.model} (closed form)')
                 continue
             h = pd.read_csv(Path(runs) / r.run / 'history.csv')
             v = h.dropna(subset=['val_total']) if 'val_total' in h else h.iloc[:0]
             t = h['seconds'].cumsum()[v.index] / 60
-            ax2.plot(t, v['val_total'], 'o-', ms=3, label=r.model)
+            ax2.plot(t, v['val_total'], 'o-', ms=3, label=r.model, color=color.get(r.model))
         ax2.set(xlabel='training time (minutes)', ylabel='validation total MSE (raw units²)', yscale='log',
                 title=f'{monkey} draw {d.draw.min()}: validation at the {top:g}-minute budget')
         ax2.legend(fontsize=8)

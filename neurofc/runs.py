@@ -18,10 +18,11 @@ from .infer import Forecaster, SessionRouter
 
 
 # %% auto 0
-__all__ = ['FINGERPRINT', 'SEAL', 'RESUME_IGNORES', 'read_json', 'code_fingerprint', 'data_fingerprint', 'run_fingerprint',
-           'code_diff', 'fingerprint_diff', 'RunIntegrityError', 'is_sealed', 'seal_run', 'verify_seal', 'verify_run',
-           'run_name', 'atomic_save', 'environment', 'read_config', 'config_diff', 'prepare_run_dir', 'load_checkpoint',
-           'finished_metrics', 'write_history', 'members_of', 'load_run', 'resolve_runs']
+__all__ = ['FINGERPRINT', 'SEAL', 'TRAINING_CODE', 'RESUME_IGNORES', 'read_json', 'code_fingerprint', 'data_fingerprint',
+           'run_fingerprint', 'code_diff', 'fingerprint_diff', 'RunIntegrityError', 'is_sealed', 'seal_run',
+           'verify_seal', 'verify_run', 'run_name', 'atomic_save', 'environment', 'read_config', 'config_diff',
+           'prepare_run_dir', 'load_checkpoint', 'finished_metrics', 'write_history', 'members_of', 'load_run',
+           'resolve_runs']
 
 # %% ../nbs/06a_runs.ipynb
 def read_json(path: str | Path, what: str = 'a JSON file written by neurofc'):
@@ -52,12 +53,15 @@ def _git_commit() -> str | None:
     except Exception:
         return None
 
+TRAINING_CODE = ('core', 'data', 'revin', 'amag', 'fast', 'models', 'infer', 'config', 'losses', 'runs', 'train')
+
 @functools.lru_cache(None)
 def code_fingerprint() -> dict:
-    """The code that runs: neurofc's version, its git commit (None outside a checkout) and a hash of the
-    package source."""
+    """The code that trains a run: neurofc's version, its git commit (None outside a checkout) and a hash of the
+    modules training runs through (`TRAINING_CODE`; a change to reports, benchmarks or export leaves it alone)."""
     h = hashlib.sha256()
-    for p in sorted(Path(neurofc.__file__).parent.glob('*.py')):
+    for name in TRAINING_CODE:
+        p = Path(neurofc.__file__).parent / f'{name}.py'
         h.update(p.name.encode() + b'\0' + p.read_bytes())
     return dict(neurofc=neurofc.__version__, commit=_git_commit(), source_sha256=h.hexdigest())
 
