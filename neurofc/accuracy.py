@@ -218,7 +218,9 @@ def write_report(
             ' (raw units²), same-day, cross-date and total (the plain mean of the files), ÷ oracle (the'
             ' simulator\'s oracle forecast, the floor), ÷ GRU (the GRU at the same budget), first-bin MSE'
             ' (bin 10, mean over files), `to GRU s` (training seconds until the run\'s validation total first'
-            ' matched the GRU\'s final one).'
+            ' matched the GRU\'s final one). The budget is wall-clock time on a shared machine: how many'
+            ' epochs fit in it varies with the load (the table lists them; `wall_s` shows a first epoch that'
+            ' outlasts the budget), so the shortest budgets are noisy.'
         ),
         '',
     ]
