@@ -24,7 +24,7 @@ from .runs import read_json, resolve_runs, load_run
 from .train import persistence
 
 # %% auto 0
-__all__ = ['challenge_total', 'step_mse', 'channel_scores', 'load_test_sets', 'evaluate', 'phase_table']
+__all__ = ['challenge_total', 'step_mse', 'channel_scores', 'load_test_sets', 'evaluate', 'phase_table', 'chosen_row']
 
 # %% ../nbs/09_evaluate.ipynb
 def _future(a): return np.asarray(a, np.float64)[:, T_CONTEXT:]
@@ -242,3 +242,11 @@ def phase_table(df: pd.DataFrame) -> pd.DataFrame:
         )
         mse = mse.join(r.add_prefix('÷oracle '))
     return mse.sort_values('total')
+
+# %% ../nbs/09_evaluate.ipynb
+def chosen_row(labels, prefix: str, val_total: dict) -> str | None:
+    """The row standing for model `prefix`, chosen without test scores: its seed ensemble, else its best seed
+    on validation."""
+    rows = [m for m in labels if m.split(' ')[0] == prefix]
+    ens = [m for m in rows if m.endswith('seeds)')]
+    return ens[0] if ens else (min(rows, key=lambda m: val_total.get(m, np.inf)) if rows else None)

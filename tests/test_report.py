@@ -15,7 +15,7 @@ def report(tmp_path_factory):
     from neurofc.fixtures import quick_runs
     from neurofc.demo import render_report
     tmp = tmp_path_factory.mktemp('report')
-    dirs = quick_runs('beignet', tmp / 'runs')
+    dirs = quick_runs('beignet', tmp / 'runs') + quick_runs('beignet', tmp / 'runs', models=('paper',), seeds=(1,))
     return render_report('beignet', dirs, out=tmp / 'beignet-phases')
 
 
@@ -28,6 +28,8 @@ def test_report_html(report):
     text = re.sub(r'<style.*?</style>|<script.*?</script>', '', html, flags=re.S)
     assert 'Traceback' not in text and not re.search(r'\w+Error:', text)
     assert 'def ' not in text and 'import ' not in text                  # rendered without code
+    # a model with two seeds is summarised by their ensemble, never by the seed that scored best on the test files
+    assert 'Phase 1</strong> (<code>paper (2 seeds)</code>)' in html
 
 
 @pytest.mark.skipif(CHROMIUM is None and not os.environ.get('NEUROFC_REQUIRE_BROWSER'),
