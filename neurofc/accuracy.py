@@ -90,9 +90,10 @@ def score_cell(run_dir: Path, data_dir: Path) -> dict:
 def _label(monkey, draw, budget, name): return f"{monkey} draw{draw} {budget:g}min {name}"
 
 def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='runs/accuracy', out='reports',
-        seed: int = 0, device: str = 'auto', quick: bool = False, progress: bool = True) -> pd.DataFrame:
+        seed: int = 0, device: str = 'auto', quick: bool = False, progress: bool = True,
+        command: str | None = None) -> pd.DataFrame:
     "Train, score and tabulate every cell (reusing finished runs); the tables are rewritten after each cell."
-    runs, rows = resolve_path(runs_dir), []
+    runs, rows, loaded = resolve_path(runs_dir), [], {}
     cells = [(d, mk, b, n) for d in draws for mk in monkeys for b in budgets for n in models]
     for i, (draw, monkey, budget, name) in enumerate(cells):
         data_dir = draw_data(draw, monkey)
@@ -100,7 +101,10 @@ def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='
         d = cell_dir(runs, draw, monkey, budget, name, seed)
         t0 = time.time()
         if progress: print(f"[{i + 1}/{len(cells)}] {_label(monkey, draw, budget, name)}: {d}", flush=True)
-        data = load_monkey(data_dir, monkey, cfg.val_frac, cfg.cross_val_frac, cfg.split_seed)
+        split = (draw, monkey, cfg.val_frac, cfg.cross_val_frac, cfg.split_seed)
+        if split not in loaded:  # once per draw and monkey: one split for all
+            loaded[split] = load_monkey(data_dir, monkey, *split[2:])
+        data = loaded[split]
         with contextlib.redirect_stdout(io.StringIO()):
             fit(cfg, data, d, seed, device, resume=True, progress=False)
         rows.append(
@@ -115,7 +119,7 @@ def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='
         )
         if progress: print(f"    total {rows[-1]['total']:,.0f} in {time.time() - t0:.0f} s", flush=True)
         table = add_ratios(pd.DataFrame(rows), runs)
-        write_report(table, out, runs, quick)
+        write_report(table, out, runs, quick, command)
     return table
 
 # %% ../nbs/13_accuracy.ipynb
@@ -246,8 +250,8 @@ def main(argv: list[str] | None = None):
     )
     a = ap.parse_args(argv)
     cmd = 'python -m neurofc.accuracy ' + ' '.join(argv if argv is not None else sys.argv[1:])
-    t = run(a.models, a.monkeys, a.draws, a.budgets, a.runs_dir, a.out, device=a.device, quick=a.quick)
-    write_report(t, a.out, resolve_path(a.runs_dir), a.quick, cmd.strip())
+    t = run(a.models, a.monkeys, a.draws, a.budgets, a.runs_dir, a.out, device=a.device, quick=a.quick,
+            command=cmd.strip())
     print(f"wrote {resolve_path(a.out) / 'accuracy.md'}")
     return t
 

@@ -24,7 +24,8 @@ from .runs import read_json, resolve_runs, load_run
 from .train import persistence
 
 # %% auto 0
-__all__ = ['challenge_total', 'step_mse', 'channel_scores', 'load_test_sets', 'evaluate', 'phase_table', 'chosen_row']
+__all__ = ['challenge_total', 'step_mse', 'channel_scores', 'load_test_sets', 'run_group', 'evaluate', 'phase_table',
+           'chosen_row']
 
 # %% ../nbs/09_evaluate.ipynb
 def _future(a): return np.asarray(a, np.float64)[:, T_CONTEXT:]
@@ -80,7 +81,15 @@ def load_test_sets(data_dir: str | Path, monkey: str) -> dict[str, dict]:
 
 
 # %% ../nbs/09_evaluate.ipynb
-def _rows(label, group, seeds, members, preds, sets):
+def run_group(metrics: dict) -> str:
+    "The table group of a run (from its `metrics.json`): its phase for AMAG, else its baseline's name."
+    return metrics['phase'] if metrics['model'] == 'amag' else metrics['model']
+
+def _row(who: dict, test_set: str, kind: str, metric: str, value: float) -> dict:
+    "One tidy row: who predicted (model, group, seeds, members), on which test set, which metric, its value."
+    return dict(who, test_set=test_set, kind=kind, metric=metric, value=value)
+
+def _rows(who: dict, preds, sets):
     rows, mses = [], {}
     for name, ts in sets.items():
         p = preds[name]
@@ -94,19 +103,7 @@ def _rows(label, group, seeds, members, preds, sets):
         }
         if ts['oracle'] is not None:
             vals['oracle_ratio'] = mses[name] / challenge_mse(ts['oracle'], ts['truth'])
-        rows += [
-            dict(
-                model=label,
-                group=group,
-                seeds=seeds,
-                members=members,
-                test_set=name,
-                kind=ts['kind'],
-                metric=k,
-                value=v,
-            )
-            for k, v in vals.items()
-        ]
+        rows += [_row(who, name, ts['kind'], k, v) for k, v in vals.items()]
     oracle = {
         n: challenge_mse(ts['oracle'], ts['truth']) for n, ts in sets.items() if ts['oracle'] is not None
     }
@@ -118,34 +115,12 @@ def _rows(label, group, seeds, members, preds, sets):
         if not names:
             continue
         v = float(np.mean([mses[n] for n in names]))
-        rows.append(
-            dict(
-                model=label,
-                group=group,
-                seeds=seeds,
-                members=members,
-                test_set=name,
-                kind=kind,
-                metric='mse',
-                value=v,
-            )
-        )
+        rows.append(_row(who, name, kind, 'mse', v))
         if len(oracle) == len(sets):
-            rows.append(
-                dict(
-                    model=label,
-                    group=group,
-                    seeds=seeds,
-                    members=members,
-                    test_set=name,
-                    kind=kind,
-                    metric='oracle_ratio',
-                    value=v / float(np.mean([oracle[n] for n in names])),
-                )
-            )
+            rows.append(_row(who, name, kind, 'oracle_ratio', v / float(np.mean([oracle[n] for n in names]))))
     return rows
 
-def _route_rows(label, group, seeds, members, forecaster, sets, warn: bool) -> list[dict]:
+def _route_rows(who: dict, forecaster, sets, warn: bool) -> list[dict]:
     """Per test file: its distance to the nearest day the run knows (in that day's radii) and whether it is an
     unseen day."""
     rows = []
@@ -153,24 +128,13 @@ def _route_rows(label, group, seeds, members, forecaster, sets, warn: bool) -> l
         r = forecaster.route(ts['masked'])
         if r['unseen'] and warn:
             warnings.warn(
-                f"{name}: the test file lies outside every day {label} was trained on (median trial at"
+                f"{name}: the test file lies outside every day {who['model']} was trained on (median trial at"
                 f" {r['nearest']:.1f}× the nearest day's radius); forecast as an unseen day: per-trial"
                 " context normalisation and the mean session embedding",
                 stacklevel=3,
             )
-        rows += [
-            dict(
-                model=label,
-                group=group,
-                seeds=seeds,
-                members=members,
-                test_set=name,
-                kind=ts['kind'],
-                metric=k,
-                value=v,
-            )
-            for k, v in [('day_distance', r['nearest']), ('unseen_day', float(r['unseen']))]
-        ]
+        rows += [_row(who, name, ts['kind'], 'day_distance', r['nearest']),
+                 _row(who, name, ts['kind'], 'unseen_day', float(r['unseen']))]
     return rows
 
 def evaluate(runs: str | Path | list, data_dir: str | Path, ensemble: bool = True, norm: str = 'session',
@@ -189,36 +153,27 @@ def evaluate(runs: str | Path | list, data_dir: str | Path, ensemble: bool = Tru
             f = load_run(d, device, verify=False)
             f.norm = norm_
             m = json.loads((d / 'metrics.json').read_text())
-            group = (m['phase'] if m['model'] == 'amag' else m['model']) + suffix
+            group = run_group(m) + suffix
             label = f"{group} seed{m['seed']}"
+            members = f"{d.name}:{'+'.join(f.members)}"
+            who = dict(model=label, group=group, seeds=str(m['seed']), members=members)
             preds[label] = {n: f.predict(ts['masked']) for n, ts in sets.items()}
-            groups.setdefault(group, []).append((label, m['seed'], f"{d.name}:{'+'.join(f.members)}"))
-            rows += _rows(label, group, str(m['seed']), f"{d.name}:{'+'.join(f.members)}", preds[label], sets)
-            rows += _route_rows(
-                label,
-                group,
-                str(m['seed']),
-                f"{d.name}:{'+'.join(f.members)}",
-                f,
-                sets,
-                warn=norm_ == 'session',
-            )
+            groups.setdefault(group, []).append((label, m['seed'], members))
+            rows += _rows(who, preds[label], sets)
+            rows += _route_rows(who, f, sets, warn=norm_ == 'session')
     if ensemble:
         for group, mem in groups.items():
             if len(mem) < 2: continue
             label = f"{group} ({len(mem)} seeds)"
             preds[label] = {n: np.mean([preds[l][n] for l, _, _ in mem], 0) for n in sets}
-            rows += _rows(
-                label,
-                group,
-                ','.join(str(s) for _, s, _ in mem),
-                ' | '.join(x for _, _, x in mem),
-                preds[label],
-                sets,
-            )
+            who = dict(model=label, group=group, seeds=','.join(str(s) for _, s, _ in mem),
+                       members=' | '.join(x for _, _, x in mem))
+            rows += _rows(who, preds[label], sets)
     if all(ts['oracle'] is not None for ts in sets.values()):
         preds['oracle'] = {n: ts['oracle'] for n, ts in sets.items()}
-        rows += _rows('oracle', 'oracle', '', 'simulator', preds['oracle'], sets)
+        rows += _rows(
+            dict(model='oracle', group='oracle', seeds='', members='simulator'), preds['oracle'], sets
+        )
     df = pd.DataFrame(rows)
     if save:
         out = dirs[0].parent / f'evaluation-{monkey}.csv'
