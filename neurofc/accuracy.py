@@ -16,33 +16,48 @@ from .core import resolve_path
 from .config import RunConfig, phase_config
 from .data import load_monkey
 from .synthetic import ensure_synthetic, synthetic_info
-from .runs import read_json, _git_commit
+from .runs import read_json, read_config, code_fingerprint, _git_commit
 from .train import fit
-from .evaluate import evaluate
+from .evaluate import evaluate, load_test_sets
 
 # %% auto 0
-__all__ = ['MODELS', 'BUDGETS', 'DRAWS', 'MONKEYS', 'CLOSED_FORM', 'phase_model', 'accuracy_config', 'draw_data', 'cell_dir',
-           'time_to', 'score_cell', 'run', 'add_ratios', 'md_table', 'plot', 'write_report', 'main']
+__all__ = ['MODELS', 'ABLATIONS', 'BUDGETS', 'DRAWS', 'MONKEYS', 'CLOSED_FORM', 'phase_model', 'accuracy_config', 'draw_data',
+           'cell_dir', 'time_to', 'preset_changes', 'score_cell', 'trial_counts', 'code_dir', 'run', 'add_ratios',
+           'md_table', 'plot', 'write_report', 'main']
 
 # %% ../nbs/13_accuracy.ipynb
 MODELS = ('persistence', 'ridge', 'gru', 'paper', 'reference', 'compete')
+# ablation rows: a phase with one lever switched back, measured beside the phase itself
+ABLATIONS = {
+    'paper-as-published': ('paper', dict(adj_mean=False, residual=False)),
+    'compete-no-residual': ('compete', dict(residual=False)),
+    'compete-no-adj-mean': ('compete', dict(adj_mean=False)),
+    'compete-lr5e-4': ('compete', dict(lr=5e-4)),
+    'compete-constant-lr': ('compete', dict(scheduler='none')),
+    'compete-score-weighted': ('compete', dict(channel_weight='score')),
+    'compete-hidden64': ('compete', dict(hidden=64, d_ff=256)),
+}
 BUDGETS = (2, 10, 30)       # minutes of training (and validation) per model
 DRAWS = (0, 1)              # independent simulator draws (their seeds)
 MONKEYS = ('beignet', 'affi')
 CLOSED_FORM = ('persistence', 'ridge')
 
-def phase_model(name: str) -> tuple[str, str]:
-    "(phase, model) of a benchmark row: a baseline under the `paper` phase's data settings, or an AMAG phase."
-    if name in ('persistence', 'ridge', 'gru'): return 'paper', name
-    if name in ('paper', 'reference', 'compete'): return name, 'amag'
-    raise ValueError(f"Unknown benchmark model {name!r}; known: {list(MODELS)}")
+def phase_model(name: str) -> tuple[str, str, dict]:
+    """(phase, model, overrides) of a benchmark row: a baseline under the `paper` phase's data settings, an
+    AMAG phase, or an ablation of one."""
+    if name in ('persistence', 'ridge', 'gru'): return 'paper', name, {}
+    if name in ('paper', 'reference', 'compete'): return name, 'amag', {}
+    if name in ABLATIONS: return ABLATIONS[name][0], 'amag', dict(ABLATIONS[name][1])
+    raise ValueError(f"Unknown benchmark model {name!r}; known: {[*MODELS, *ABLATIONS]}")
 
 # %% ../nbs/13_accuracy.ipynb
 def accuracy_config(name: str, monkey: str, budget: float, quick: bool = False) -> RunConfig:
     """The configuration of one cell: `name`'s preset for `monkey`, stopped after `budget` minutes (closed
     forms: none)."""
-    phase, model = phase_model(name)
-    cfg = phase_config(phase, monkey, quick=quick, model=model, **({'train_limit': 32} if quick else {}))
+    phase, model, changes = phase_model(name)
+    cfg = phase_config(
+        phase, monkey, quick=quick, model=model, **({'train_limit': 32} if quick else {}), **changes
+    )
     return cfg if name in CLOSED_FORM else cfg.replace(max_minutes=budget)
 
 def draw_data(draw: int, monkey: str, root: str | Path = 'data') -> Path:
@@ -66,6 +81,13 @@ def time_to(history: pd.DataFrame, target: float) -> float:
     return float(cum[hit].iloc[0]) if hit.any() else math.nan
 
 # %% ../nbs/13_accuracy.ipynb
+def preset_changes(run_dir: Path) -> str:
+    "How a run's configuration differs from its phase's preset (budget aside): `field=value, ...`, or `–`."
+    cfg = read_config(run_dir)
+    base = phase_config(cfg.phase, cfg.monkey, model=cfg.model).to_dict()
+    diff = [f"{k}={v}" for k, v in cfg.to_dict().items() if k != 'max_minutes' and base.get(k) != v]
+    return ', '.join(diff) or '–'
+
 def score_cell(run_dir: Path, data_dir: Path) -> dict:
     """Test scores (per file, same-day, cross-date, total, ÷ oracle, first-bin MSE) and run facts of one
     finished run."""
@@ -83,43 +105,62 @@ def score_cell(run_dir: Path, data_dir: Path) -> dict:
     row['÷ oracle'] = float(r.iloc[0]) if len(r) else math.nan
     row['first-bin mse'] = float(np.mean([get(t, 'mse_step10').iloc[0] for t in files]))
     stop = 'budget' if m.get('stopped_by_budget') else 'early' if m['stopped_early'] else 'epochs'
+    env = m.get('environment', {})
+    row.update(changes=preset_changes(run_dir), device=env.get('device_name', env.get('device', '?')),
+               commit=(env.get('git_commit') or '?')[:8])
     return dict(row, epochs=m['epochs_run'], wall_s=m.get('wall_seconds', m['train_seconds']), stopped=stop,
                 members='+'.join(m['members']), val_total=m['val']['total'], seed=m['seed'])
 
 # %% ../nbs/13_accuracy.ipynb
+def trial_counts(data, data_dir: Path) -> str:
+    "Trials per day: training, validation and test (`day train / val / test`, days joined by ` · `)."
+    test = {v['key']: len(v['masked']) for v in load_test_sets(data_dir, data.monkey).values()}
+    return ' · '.join(f"{k} {len(data.train[k])} / {len(data.val.get(k, ()))} / {test.get(k, 0)}"
+                      for k in data.keys)
+
 def _label(monkey, draw, budget, name): return f"{monkey} draw{draw} {budget:g}min {name}"
+
+def code_dir(runs_dir: str | Path) -> Path:
+    """The cells of the present training code: `runs_dir/code-<hash>` (`runs.code_fingerprint`). A change of
+    the code starts a new table; earlier cells stay on disk, untouched."""
+    return resolve_path(runs_dir) / f"code-{code_fingerprint()['source_sha256'][:8]}"
+
+def _order(df: pd.DataFrame) -> pd.DataFrame:
+    rank = {n: i for i, n in enumerate([*MODELS, *ABLATIONS])}
+    key = lambda c: c.map(rank) if c.name == 'model' else c.map(MONKEYS.index) if c.name == 'monkey' else c
+    return df.sort_values(['draw', 'monkey', 'budget_min', 'model'], key=key).reset_index(drop=True)
 
 def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='runs/accuracy', out='reports',
         seed: int = 0, device: str = 'auto', quick: bool = False, progress: bool = True,
         command: str | None = None) -> pd.DataFrame:
-    "Train, score and tabulate every cell (reusing finished runs); the tables are rewritten after each cell."
-    runs, rows, loaded = resolve_path(runs_dir), [], {}
+    """Train and score the chosen cells (reusing finished runs); the table — every cell scored so far with
+    this code (`code_dir(runs_dir)/scores.csv`) — and the report are rewritten after each cell."""
+    root, loaded, trials = code_dir(runs_dir), {}, {}
+    scores = root / 'scores.csv'
+    table = pd.read_csv(scores) if scores.exists() else pd.DataFrame()
     cells = [(d, mk, b, n) for d in draws for mk in monkeys for b in budgets for n in models]
     for i, (draw, monkey, budget, name) in enumerate(cells):
         data_dir = draw_data(draw, monkey)
         cfg = accuracy_config(name, monkey, budget, quick)
-        d = cell_dir(runs, draw, monkey, budget, name, seed)
+        d = cell_dir(root, draw, monkey, budget, name, seed)
         t0 = time.time()
         if progress: print(f"[{i + 1}/{len(cells)}] {_label(monkey, draw, budget, name)}: {d}", flush=True)
         split = (draw, monkey, cfg.val_frac, cfg.cross_val_frac, cfg.split_seed)
         if split not in loaded:  # once per draw and monkey: one split for all
             loaded[split] = load_monkey(data_dir, monkey, *split[2:])
-        data = loaded[split]
+            trials[split] = trial_counts(loaded[split], data_dir)
         with contextlib.redirect_stdout(io.StringIO()):
-            fit(cfg, data, d, seed, device, resume=True, progress=False)
-        rows.append(
-            dict(
-                draw=draw,
-                monkey=monkey,
-                budget_min=budget,
-                model=name,
-                run=str(d.relative_to(runs)),
-                **score_cell(d, data_dir)
-            )
-        )
-        if progress: print(f"    total {rows[-1]['total']:,.0f} in {time.time() - t0:.0f} s", flush=True)
-        table = add_ratios(pd.DataFrame(rows), runs)
-        write_report(table, out, runs, quick, command)
+            fit(cfg, loaded[split], d, seed, device, resume=True, progress=False)
+        rel = str(d.relative_to(root))
+        row = dict(draw=draw, monkey=monkey, budget_min=budget, model=name, run=rel, trials=trials[split],
+                   **score_cell(d, data_dir))
+        if progress: print(f"    total {row['total']:,.0f} in {time.time() - t0:.0f} s", flush=True)
+        keep = table[table.run != rel] if len(table) else table
+        table = _order(add_ratios(pd.concat([keep, pd.DataFrame([row])], ignore_index=True), root))
+        root.mkdir(parents=True, exist_ok=True)
+        table.to_csv(scores, index=False)
+        table = pd.read_csv(scores)            # what a later invocation reads back
+        write_report(table, out, root, quick, command)
     return table
 
 # %% ../nbs/13_accuracy.ipynb
@@ -139,8 +180,18 @@ def add_ratios(df: pd.DataFrame, runs: Path) -> pd.DataFrame:
     return df
 
 # %% ../nbs/13_accuracy.ipynb
-_COLS = ['budget_min', 'model', 'epochs', 'stopped', 'wall_s', 'members', 'val_total']
-_AFTER = ['same-day', 'cross-date', 'total', '÷ oracle', '÷ GRU', 'first-bin mse', 'to GRU s']
+_COLS = ['budget_min', 'model', 'changes', 'epochs', 'stopped', 'wall_s', 'members', 'val_total']
+_AFTER = [
+    'same-day',
+    'cross-date',
+    'total',
+    '÷ oracle',
+    '÷ GRU',
+    'first-bin mse',
+    'to GRU s',
+    'device',
+    'commit',
+]
 
 def _fmt(v, col):
     if isinstance(v, str): return v
@@ -155,9 +206,12 @@ def md_table(df: pd.DataFrame) -> str:
     cols = _COLS + files + _AFTER
     names = [c.replace('mse ', '') for c in cols]
     d = df.sort_values(['budget_min', 'total'])
-    lines = ['| ' + ' | '.join(names) + ' |', '|' + '|'.join(':--' if c in ('model', 'stopped', 'members')
-                                                           else '--:' for c in cols) + '|']
-    lines += ['| ' + ' | '.join(_fmt(r[c], c) for c in cols) + ' |' for _, r in d.iterrows()]
+    text = ('model', 'changes', 'stopped', 'members', 'device', 'commit')
+    lines = [
+        '| ' + ' | '.join(names) + ' |',
+        '|' + '|'.join(':--' if c in text else '--:' for c in cols) + '|',
+    ]
+    lines += ['| ' + ' | '.join(_fmt(r.get(c), c) for c in cols) + ' |' for _, r in d.iterrows()]
     return '\n'.join(lines)
 
 # %% ../nbs/13_accuracy.ipynb
@@ -197,7 +251,11 @@ def plot(df: pd.DataFrame, runs: Path, path: Path):
 
 # %% ../nbs/13_accuracy.ipynb
 def write_report(
-    df: pd.DataFrame, out: str | Path, runs: Path, quick: bool = False, command: str | None = None
+    df: pd.DataFrame,
+    out: str | Path,
+    runs: Path,
+    quick: bool = False,
+    command: str | None = None,
 ):
     "`accuracy.csv`, `accuracy.md` and `accuracy.png` in `out`, from the table of finished cells."
     out = resolve_path(out)
@@ -230,7 +288,9 @@ def write_report(
     ]
     body = []
     for (monkey, draw), g in df.groupby(['monkey', 'draw'], sort=False):
-        body += [f'## {monkey}, draw {draw}', '', md_table(g), '']
+        body += [f'## {monkey}, draw {draw}', '']
+        if 'trials' in g: body += [f"Trials per day (train / validation / test): {g.trials.iloc[0]}", '']
+        body += [md_table(g), '']
     (out / 'accuracy.md').write_text('\n'.join(head + body + ['![accuracy](accuracy.png)', '']))
 
 # %% ../nbs/13_accuracy.ipynb
@@ -238,7 +298,7 @@ def main(argv: list[str] | None = None):
     """`python -m neurofc.accuracy`: train, score and tabulate the chosen cells (resuming, reusing finished
     runs)."""
     ap = argparse.ArgumentParser(prog='python -m neurofc.accuracy', description=main.__doc__)
-    ap.add_argument('--models', nargs='+', default=list(MODELS), choices=MODELS)
+    ap.add_argument('--models', nargs='+', default=list(MODELS), choices=[*MODELS, *ABLATIONS])
     ap.add_argument('--monkeys', nargs='+', default=list(MONKEYS))
     ap.add_argument('--draws', nargs='+', type=int, default=list(DRAWS))
     ap.add_argument('--budgets', nargs='+', type=float, default=list(BUDGETS), help='minutes per model')

@@ -183,6 +183,7 @@ class SpatialInteraction(nn.Module):
                  # (C, C) initial A_a and A_m (`correlation_adjacency`); None: N(0, 1/C)
                  adj_init: Tensor | None = None,
                  n_steps: int = T_TOTAL,           # T, bins in a trial (the Adaptor sees all of them)
+                 adj_scale: float = 1.0,           # factor on the initial A_a, A_m (1/C: sums start as means)
                 ):
         super().__init__()
         C = n_channels
@@ -191,7 +192,11 @@ class SpatialInteraction(nn.Module):
             if tuple(adj_init.shape) != (C, C):
                 raise ValueError(f"adj_init must have shape ({C}, {C}), found {tuple(adj_init.shape)}")
             if not torch.isfinite(adj_init).all(): raise ValueError("adj_init holds non-finite values")
-        init = lambda: adj_init.clone() if adj_init is not None else torch.randn(C, C) / math.sqrt(C)
+        if not (math.isfinite(adj_scale) and adj_scale > 0):
+            raise ValueError(f"adj_scale must be a positive number, found {adj_scale}")
+        init = lambda: adj_scale * (
+            adj_init.clone() if adj_init is not None else torch.randn(C, C) / math.sqrt(C)
+        )
         self.n_channels = C
         self.A_a = nn.Parameter(init())
         self.fc_a = nn.Linear(d, d)
@@ -295,6 +300,8 @@ class AMAG(nn.Module):
                  channel_heads: int = 4,               # heads of the channel attention
                  session_embedding: bool = False,      # learnable per-session vector added after TE
                  revin: bool = False,                  # context-only reversible instance normalisation
+                 adj_mean: bool = False,  # start A_a, A_m at adj_init / C: sums over u start as means
+                 residual: bool = False,               # forecast = last context LMP + TR's output
                  adj_init: Tensor | None = None,  # (C, C) initial adjacency, e.g. `correlation_adjacency`
                 ):
         super().__init__()
@@ -305,7 +312,9 @@ class AMAG(nn.Module):
         self.revin = RevIN(n_features) if revin else None
         self.te = TemporalEncoder(n_features, hidden, heads, layers, d_ff, dropout, feature_pathways)
         self.session = SessionEmbedding(n_sessions, hidden) if session_embedding else None
-        self.si = SpatialInteraction(n_channels, hidden, adaptor, modulator, adj_init)
+        self.residual = residual
+        self.si = SpatialInteraction(n_channels, hidden, adaptor, modulator, adj_init,
+                                     adj_scale=1 / n_channels if adj_mean else 1.0)
         self.ca = ChannelAttention(hidden, channel_heads, dropout) if channel_attention else None
         self.tr = TemporalReadout(hidden, heads, layers, d_ff, dropout)
 
@@ -325,6 +334,7 @@ class AMAG(nn.Module):
         z = self.si(z)
         if self.ca is not None: z = self.ca(z)
         y = self.tr(z, T_CONTEXT)                    # the forecast (B, 10, C)
+        if self.residual: y = y + x[:, T_CONTEXT - 1:T_CONTEXT, :, 0]   # ... as a change from the last bin
         if self.revin is not None: y = self.revin.denormalize(y, stats)
         y = torch.cat([ctx.to(y.dtype), y], 1)       # bins 0-9: the context itself
         return (y, h.transpose(1, 2)) if return_hidden else y

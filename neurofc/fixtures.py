@@ -15,7 +15,7 @@ from .data import Session, get_monkey, save_npz, mask_future
 from .train import train_seeds
 
 # %% auto 0
-__all__ = ['TINY', 'synthetic_dir', 'tiny_data', 'tiny_config', 'quick_runs', 'extra_day_tree']
+__all__ = ['TINY', 'ALL_SWITCHES', 'synthetic_dir', 'tiny_data', 'tiny_config', 'quick_runs', 'extra_day_tree']
 
 # %% ../nbs/99_fixtures.ipynb
 def synthetic_dir(monkey: str = 'beignet') -> Path:
@@ -34,6 +34,14 @@ def tiny_data(monkey: str = 'beignet', limit: int = 48) -> MonkeyData:
 TINY = dict(hidden=8, d_ff=16, heads=2, channel_heads=2, epochs=2, val_every=1, t0=1, warmup=0, batch_size=8,
             train_limit=32, val_frac=0.03, cross_val_frac=0.1)   # the one tiny configuration of the tests
 _DATA = ('train_limit', 'val_frac', 'cross_val_frac', 'batch_size')
+# every extension at once, and a two-member predictor (a snapshot per cosine cycle, and the EMA): what export,
+# ingestion and the GPU paths must carry
+ALL_SWITCHES = dict(
+    feature_pathways=True, channel_attention=True, session_embedding=True, revin=True, dropout=0.1,
+    loss='huber', mmd_weight=0.05, spectral_weight=0.1, mixup_alpha=0.3, jitter=0.01, scale_aug=0.05,
+    channel_dropout=0.05, phase_aug=0.1, scheduler='cosine', snapshots=1, ema_decay=0.999,
+    predictor='snapshots+ema',
+)
 
 def tiny_config(phase: str = 'paper', monkey: str = 'beignet', model: str = 'amag', **overrides) -> RunConfig:
     """`phase`'s quick configuration at the `TINY` sizes (a baseline: its own sizes on `TINY`'s data), then

@@ -53,12 +53,14 @@ def _git_commit() -> str | None:
     except Exception:
         return None
 
-TRAINING_CODE = ('core', 'data', 'revin', 'amag', 'fast', 'models', 'infer', 'config', 'losses', 'runs', 'train')
+TRAINING_CODE = ('core', 'data', 'revin', 'amag', 'fast', 'models', 'infer', 'config', 'losses', 'runs',
+                 'train')
 
 @functools.lru_cache(None)
 def code_fingerprint() -> dict:
-    """The code that trains a run: neurofc's version, its git commit (None outside a checkout) and a hash of the
-    modules training runs through (`TRAINING_CODE`; a change to reports, benchmarks or export leaves it alone)."""
+    """The code that trains a run: neurofc's version, its git commit (None outside a checkout) and a hash of
+    the modules training runs through (`TRAINING_CODE`; a change to reports, benchmarks or export leaves it
+    alone)."""
     h = hashlib.sha256()
     for name in TRAINING_CODE:
         p = Path(neurofc.__file__).parent / f'{name}.py'
@@ -335,7 +337,9 @@ def load_run(run_dir: str | Path, device: str = 'cpu', members: list[str] | None
         for k, v in read_json(run_dir / 'stats.json', 'normalisation statistics').items()
     }
     router = SessionRouter.from_state_dict(read_json(run_dir / 'router.json', 'a session router'))
-    members = members or members_of(cfg, run_dir)
+    if not members:   # a finished run: the members it chose on validation
+        done = run_dir / 'metrics.json'
+        members = read_json(done, 'metrics')['members'] if done.exists() else members_of(cfg, run_dir)
     C, Fe = next(iter(stats.values())).mean.shape
     models = []
     for name in members:

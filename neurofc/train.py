@@ -36,9 +36,9 @@ from .fast import accelerate
 from .losses import forecast_mse, forecast_huber, mmd_loss, spectral_loss, variance_weights
 
 # %% auto 0
-__all__ = ['LineProgress', 'progress_bar', 'lr_factor', 'is_cycle_end', 'EMA', 'augment', 'mixup', 'score_sessions',
-           'persistence', 'loss_weight', 'augments', 'make_optimizer', 'TrainStep', 'Run', 'fit', 'stackable',
-           'StackedStep', 'finish_run', 'check_seeds', 'train_seeds']
+__all__ = ['LineProgress', 'progress_bar', 'lr_factor', 'is_cycle_end', 'ema_decay', 'EMA', 'augment', 'mixup', 'score_sessions',
+           'persistence', 'score_weights', 'loss_weight', 'augments', 'make_optimizer', 'TrainStep', 'Run', 'fit',
+           'stackable', 'StackedStep', 'finish_run', 'check_seeds', 'train_seeds']
 
 # %% ../nbs/07_train.ipynb
 def _in_kernel() -> bool:
@@ -86,11 +86,17 @@ def progress_bar(
     return LineProgress(iterable, total, initial, desc, disable)
 
 # %% ../nbs/07_train.ipynb
-def lr_factor(cfg: RunConfig, epoch: float) -> float:
+def lr_factor(cfg: RunConfig, epoch: float,
+              spent: float = 0.0,   # `anneal` under a budget: the fraction of `cfg.max_minutes` spent
+             ) -> float:
     "Multiplier of `cfg.lr` at fractional epoch `epoch` (0-based)."
     if cfg.scheduler == 'none': return 1.0
     if cfg.scheduler == 'step': return cfg.gamma ** math.floor(epoch / cfg.step_size)
     if epoch < cfg.warmup: return max(epoch / cfg.warmup, 1e-2)
+    lo = cfg.eta_min / cfg.lr
+    if cfg.scheduler == 'anneal':
+        f = spent if cfg.max_minutes is not None else epoch / cfg.epochs
+        return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(f, 1.0)))
     k, pos = divmod(epoch, cfg.t0)
     start = cfg.warmup if k == 0 else 0
     p = (pos - start) / (cfg.t0 - start)
@@ -102,10 +108,16 @@ def is_cycle_end(cfg: RunConfig, epoch: int) -> bool:
     return cfg.scheduler == 'cosine' and (epoch + 1) % cfg.t0 == 0
 
 # %% ../nbs/07_train.ipynb
+def ema_decay(decay: float, n: int) -> float:
+    """The EMA's decay at its `n`-th update (0-based): $\\min(d, (1 + n) / (10 + n))$, so early weights fade
+    fast."""
+    return min(decay, (1 + n) / (10 + n))
+
 class EMA:
-    "Shadow weights $\\bar\\theta \\leftarrow d\\bar\\theta + (1-d)\\theta$ of `model`."
+    """Shadow weights $\\bar\\theta \\leftarrow d_n\\bar\\theta + (1-d_n)\\theta$ of `model`, $d_n$ warmed
+    up by `ema_decay`."""
     def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
+        self.decay, self.n = decay, 0
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters(): p.requires_grad_(False)
 
@@ -113,11 +125,13 @@ class EMA:
     def update(self, model: nn.Module):
         ema_p = [p for p in self.model.parameters()]
         src_p = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_p, src_p, 1 - self.decay)
+        torch._foreach_lerp_(ema_p, src_p, 1 - ema_decay(self.decay, self.n))
+        self.n += 1
         for b, sb in zip(self.model.buffers(), model.buffers()): b.copy_(sb)
 
     def state_dict(self) -> dict: return self.model.state_dict()
     def load_state_dict(self, d: dict): self.model.load_state_dict(d)
+
 
 # %% ../nbs/07_train.ipynb
 def augment(x: torch.Tensor, y: torch.Tensor, cfg: RunConfig, gen: torch.Generator | None = None):
@@ -166,6 +180,20 @@ def persistence(x: np.ndarray) -> np.ndarray:
     return np.asarray(mask_future(x))[..., 0]
 
 # %% ../nbs/07_train.ipynb
+def score_weights(data: MonkeyData, clamp: float = 10.0) -> torch.Tensor:
+    """`(S, C)` weights that make the normalised-unit MSE of a training batch estimate the challenge's score:
+    the mean over test files (one per day) of raw-unit MSE. A sample of day s, channel c counts
+    $w_{s,c} \\propto (4\\sigma_{s,c})^2 / N_s$ ($N_s$ training trials of day s); ratios clamped to
+    [1/clamp, clamp], mean 1 over the training samples."""
+    n = torch.tensor([len(data.train[k]) for k in data.keys], dtype=torch.float64)
+    var = torch.stack([torch.as_tensor(data.stats[k].std[:, 0], dtype=torch.float64) ** 2 for k in data.keys])
+    w = var / n[:, None]
+    mean = lambda w: (n[:, None] * w).sum() / (n.sum() * w.shape[1])
+    w = (w / mean(w)).clamp(1 / clamp, clamp)
+    return (w / mean(w)).float()
+
+
+# %% ../nbs/07_train.ipynb
 def _fast_opt(dev: torch.device) -> dict:
     "Fused optimiser kernels where this torch build has them (one kernel for all parameters), else foreach."
     version = tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2])
@@ -183,11 +211,14 @@ def _thermal_pause(cfg: RunConfig, device: torch.device):
     except Exception: return
 
 def loss_weight(cfg: RunConfig, data: MonkeyData, device) -> torch.Tensor | None:
-    """Per-channel loss weights (`cfg.channel_weight='variance'`: the main day's LMP variance ratios,
-    clamped), else None."""
-    if cfg.channel_weight != 'variance': return None
+    """Loss weights: `cfg.channel_weight='variance'`: per channel `(C,)`, the main day's LMP variance ratios;
+    `'score'`: per day and channel `(S, C)`, as the challenge's score weighs a sample (`score_weights`); else
+    None."""
+    if cfg.channel_weight == 'none': return None
+    if cfg.channel_weight == 'score': return score_weights(data, cfg.channel_weight_clamp).to(device)
     var = torch.as_tensor(data.stats[data.keys[0]].std[:, 0].astype(np.float64) ** 2)
     return variance_weights(var, cfg.channel_weight_clamp).float().to(device)
+
 
 # %% ../nbs/07_train.ipynb
 def augments(cfg: RunConfig) -> bool:
@@ -210,7 +241,7 @@ class TrainStep:
         cfg: RunConfig,
         model: nn.Module,
         device: torch.device,
-        weight: torch.Tensor | None = None,  # per-channel loss weights (`loss_weight`)
+        weight: torch.Tensor | None = None,  # loss weights (`loss_weight`): (C,) or per session (S, C)
         augment: bool = True,  # False: the batches arrive augmented (host-side plain path)
         fused: bool = True,
     ):  # fused optimiser kernels where available (else foreach)
@@ -233,13 +264,13 @@ class TrainStep:
             )
             pred, h = out if want_h else (out, None)
             pred = pred.float()
+            w = self.weight if self.weight is None or self.weight.ndim == 1 else self.weight[s][:, None]
             loss = (
-                forecast_huber(pred, y, cfg.huber_delta, self.weight)
+                forecast_huber(pred, y, cfg.huber_delta, w)
                 if cfg.loss == 'huber'
-                else forecast_mse(pred, y, self.weight)
+                else forecast_mse(pred, y, w)
             )
-            if cfg.spectral_weight > 0:
-                loss = loss + cfg.spectral_weight * spectral_loss(pred, y, self.weight)
+            if cfg.spectral_weight > 0: loss = loss + cfg.spectral_weight * spectral_loss(pred, y, w)
             if want_h: loss = loss + cfg.mmd_weight * mmd_loss(h[:, :T_CONTEXT].float().mean(1), s)
         return loss
 
@@ -300,6 +331,7 @@ class Run:
             model=self.model.state_dict(),
             opt=opt.state_dict() if opt else {},
             ema=ema.state_dict() if ema else {},
+            ema_updates=ema.n if ema else 0,
             batcher=self.batcher.state_dict(),
             rng=torch.get_rng_state(),
             state=self.state,
@@ -312,7 +344,9 @@ class Run:
         ck = load_checkpoint(self.dir / 'last.pt', self.dev)
         self.model.load_state_dict(ck['model'])
         if self.step.opt: self.step.opt.load_state_dict(ck['opt'])
-        if self.step.ema: self.step.ema.load_state_dict(ck['ema'])
+        if self.step.ema:
+            self.step.ema.load_state_dict(ck['ema'])
+            self.step.ema.n = ck.get('ema_updates', 10**9)   # older checkpoints: warm-up long over
         self.batcher.load_state_dict(ck['batcher'])
         torch.set_rng_state(ck['rng'].cpu())
         if self.dev.type == 'cuda' and 'cuda_rng' in ck: torch.cuda.set_rng_state(ck['cuda_rng'].cpu())
@@ -329,11 +363,16 @@ class Run:
         t0 = time.time()
         total = torch.zeros((), device=self.dev)
         for i, b in enumerate(self.batcher):
-            total += self.step(b, cfg.lr * lr_factor(cfg, epoch + i / n_steps))
+            total += self.step(b, cfg.lr * lr_factor(cfg, epoch + i / n_steps, self.spent(t0)))
             if cfg.cooldown_s > 0: time.sleep(cfg.cooldown_s)
             _thermal_pause(cfg, self.dev)
         return dict(epoch=epoch, segment=self.state['segment'], train_loss=float(total) / n_steps,
-                    lr=cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9), seconds=time.time() - t0)
+                    lr=cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9, self.spent(t0)), seconds=time.time() - t0)
+
+    def spent(self, t0: float) -> float:
+        "The fraction of the budget spent (before this epoch, and since `t0` in it); 0 without a budget."
+        if self.cfg.max_minutes is None: return 0.0
+        return (self.state.get('wall_s', 0.0) + time.time() - t0) / (60 * self.cfg.max_minutes)
 
     def score(self, m: nn.Module) -> dict:
         "Validation scores of model `m` in raw units, per day and averaged."
@@ -411,7 +450,8 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
         row = run.train_epoch(epoch)
         spent = run.state.get('wall_s', 0.0) + time.time() - t0
         out_of_time = cfg.max_minutes is not None and spent >= 60 * cfg.max_minutes   # this epoch is the last
-        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs or out_of_time: run.validate(epoch, row)
+        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs or out_of_time:
+            run.validate(epoch, row)
         if cfg.snapshots and is_cycle_end(cfg, epoch): run.snapshot(epoch)
         run.state['wall_s'] = run.state.get('wall_s', 0.0) + time.time() - t0
         if out_of_time: run.state['stopped_by_budget'] = True
@@ -453,6 +493,7 @@ class StackedStep:
         self.params = [params[n] for n in self.names]
         self.opt = make_optimizer(cfg, self.params, foreach=True)
         self.ema = [p.detach().clone() for p in self.params] if cfg.ema_decay > 0 else None
+        self.n = 0   # steps taken (the EMA's warm-up)
         self.single = TrainStep(cfg, models[0], device, weight)  # its loss, augmentation and mixup settings
         self.single.forward = self._functional
 
@@ -478,7 +519,11 @@ class StackedStep:
             coef = (cfg.grad_clip / (norms + 1e-6)).clamp(max=1.0)
             for p in self.params: p.grad.mul_(coef.view(-1, *[1] * (p.ndim - 1)))
         self.opt.step()
-        if self.ema: torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1 - cfg.ema_decay)
+        if self.ema:
+            torch._foreach_lerp_(
+                self.ema, [p.detach() for p in self.params], 1 - ema_decay(cfg.ema_decay, self.n)
+            )
+        self.n += 1
         return losses.detach()
 
     def state(self, i: int) -> dict:
@@ -490,16 +535,20 @@ class StackedStep:
 
 # %% ../nbs/07_train.ipynb
 def finish_run(cfg, data, run_dir, dev, state, seed, n_params) -> dict:
-    "Score every member and the configured predictor on validation; write `metrics.json`."
+    """Score every member and the configured predictor on validation; write `metrics.json`. The predictor's
+    members (EMA, snapshots) are used only when they beat the raw best weights on validation."""
     main = data.keys[0]
     all_members = [n for n in ['best.pt', 'ema_best.pt', *state['snapshots']] if (run_dir / n).exists()]
     by_member = {n: score_sessions(load_run(run_dir, dev, [n]).predict, data.val, main) for n in all_members}
-    chosen = members_of(cfg, run_dir)
+    configured = members_of(cfg, run_dir)
     val = (
-        by_member[chosen[0]]
-        if len(chosen) == 1
-        else score_sessions(load_run(run_dir, dev, chosen).predict, data.val, main)
+        by_member[configured[0]]
+        if len(configured) == 1
+        else score_sessions(load_run(run_dir, dev, configured).predict, data.val, main)
     )
+    chosen = configured
+    if configured != ['best.pt'] and 'best.pt' in by_member and by_member['best.pt']['total'] <= val['total']:
+        chosen, val = ['best.pt'], by_member['best.pt']
     synthetic = data.source is not None and (Path(data.source) / f'synthetic_{cfg.monkey}.json').exists()
     metrics = dict(
         run=run_dir.name,
@@ -510,6 +559,7 @@ def finish_run(cfg, data, run_dir, dev, state, seed, n_params) -> dict:
         data=str(data.source),
         synthetic=synthetic,
         members=chosen,
+        configured_members=configured,
         val=val,
         val_by_member=by_member,
         persistence=score_sessions(persistence, data.val, main),
@@ -519,7 +569,7 @@ def finish_run(cfg, data, run_dir, dev, state, seed, n_params) -> dict:
         stopped_by_budget=bool(state.get('stopped_by_budget', False)),
         n_params=int(n_params),
         train_seconds=float(sum(r['seconds'] for r in state['history'])),
-        wall_seconds=float(state.get('wall_s', 0.0)),   # training and validation, as `max_minutes` counts them
+        wall_seconds=float(state.get('wall_s', 0.0)),  # training and validation, as `max_minutes` counts them
         environment=environment(dev),
     )
     atomic_save(json.dumps(metrics, indent=2), run_dir / 'metrics.json')

@@ -9,7 +9,7 @@ import torch
 from neurofc.config import phase_config
 from neurofc.core import get_device, seed_everything
 from neurofc.data import DeviceBatcher, get_monkey, load_npz, session_path
-from neurofc.fixtures import quick_runs, synthetic_dir, tiny_config, tiny_data
+from neurofc.fixtures import ALL_SWITCHES, quick_runs, synthetic_dir, tiny_config, tiny_data
 from neurofc.submission import export_submission, load_model_file
 from neurofc.config import build_model
 from neurofc.runs import load_run
@@ -91,10 +91,10 @@ def test_device_batcher_matches_cpu(data):
 
 
 @needs_cuda
-@pytest.mark.parametrize('phase', ['paper', 'compete'])
+@pytest.mark.parametrize('phase', ['paper', 'compete', 'all'])
 def test_fit_on_cuda_with_amp(data, tmp_path, phase):
     "A tiny `fit` on the GPU under bf16 autocast (the default amp=True) finishes with finite metrics."
-    cfg = tiny_config(phase)
+    cfg = tiny_config('compete', **ALL_SWITCHES) if phase == 'all' else tiny_config(phase)
     assert cfg.amp
     bench = torch.backends.cudnn.benchmark
     try:
@@ -114,7 +114,7 @@ def test_fit_resume_on_cuda(data, tmp_path):
     "A GPU run interrupted after an epoch resumes from last.pt on the GPU (batcher's and CUDA's generators)."
     class Stop(Exception): pass
     def stop(epoch, row): raise Stop
-    cfg = tiny_config('compete')
+    cfg = tiny_config('compete', **ALL_SWITCHES)
     with pytest.raises(Stop):
         fit(cfg, data, tmp_path / 'run', seed=0, device=str(DEV), progress=False, callback=stop)
     with contextlib.redirect_stdout(io.StringIO()) as out:

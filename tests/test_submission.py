@@ -10,7 +10,7 @@ import torch
 import neurofc.train
 from neurofc.cli import main
 from neurofc.config import phase_config
-from neurofc.fixtures import tiny_config
+from neurofc.fixtures import tiny_config, ALL_SWITCHES
 from neurofc.data import get_monkey, load_npz, mask_future, save_npz, session_path
 from neurofc.evaluate import evaluate
 from neurofc.infer import MANIFEST
@@ -32,7 +32,7 @@ def world(tmp_path_factory):
     with contextlib.redirect_stdout(io.StringIO()):
         runs = {'affi-gru': train(tiny_config(monkey='affi', model='gru', epochs=1, train_limit=16), [1, 2]),
                 'affi-ridge': train(phase_config('paper', 'affi', model='ridge'), [1]),
-                'beignet-compete': train(tiny_config('compete', epochs=1), [1, 2]),
+                'beignet-compete': train(tiny_config('compete', epochs=1, **ALL_SWITCHES), [1, 2]),
                 'beignet-persistence': train(phase_config('paper', 'beignet', model='persistence'), [1])}
     return types.SimpleNamespace(dir=w, data=data, runs=runs)
 
@@ -91,7 +91,8 @@ def test_zip_layout_and_overwrite(world, tmp_path):
     man = json.loads((tmp_path / 'sub' / MANIFEST).read_text())
     assert [len(man['monkeys'][m]['runs']) for m in ('affi', 'beignet')] == [1, 2]
     assert man['monkeys']['beignet']['runs'][0]['model'] == 'amag' and man['monkeys']['affi']['n_channels'] == 239
-    assert [len(r['members']) for r in man['monkeys']['beignet']['runs']] == [2, 2]    # snapshot + EMA per run
+    chosen = [json.loads((d / 'metrics.json').read_text())['members'] for d in world.runs['beignet-compete']]
+    assert [len(r['members']) for r in man['monkeys']['beignet']['runs']] == [len(m) for m in chosen]  # as chosen
     assert {f for m in man['monkeys'].values() for r in m['runs'] for f in (*r['members'], r['stats'], r['router'])} <= set(names)
     with pytest.raises(FileExistsError, match='pass overwrite=True'): export_submission(runs, tmp_path / 'sub')
     (tmp_path / 'sub').rename(tmp_path / 'moved')                                      # the zip alone also blocks
