@@ -221,13 +221,15 @@ def plot(df: pd.DataFrame, runs: Path, path: Path):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     monkeys = list(dict.fromkeys(df.monkey))
-    color = dict(zip(MODELS, plt.get_cmap('tab10').colors))          # one colour per model in every panel
+    names = [*MODELS, *ABLATIONS]
+    color = dict(zip(names, plt.get_cmap('tab20').colors))           # one colour per row name in every panel
+    style = lambda name: '--' if name in ABLATIONS else '-'           # ablations dashed
     fig, axes = plt.subplots(len(monkeys), 2, figsize=(12, 4 * len(monkeys)), squeeze=False)
     for (ax1, ax2), monkey in zip(axes, monkeys):
         d = df[df.monkey == monkey]
         for name, g in d.groupby('model', sort=False):
             g = g.groupby('budget_min')['÷ oracle'].mean()
-            ax1.plot(g.index, g.values, 'o-', label=name, color=color.get(name))
+            ax1.plot(g.index, g.values, 'o', ls=style(name), label=name, color=color.get(name))
         ax1.set(xlabel='training budget (minutes)', ylabel='test total ÷ oracle (mean over draws)',
                 title=f'{monkey}: test error by budget', yscale='log')
         ax1.legend(fontsize=8)
@@ -241,7 +243,7 @@ def plot(df: pd.DataFrame, runs: Path, path: Path):
             h = pd.read_csv(Path(runs) / r.run / 'history.csv')
             v = h.dropna(subset=['val_total']) if 'val_total' in h else h.iloc[:0]
             t = h['seconds'].cumsum()[v.index] / 60
-            ax2.plot(t, v['val_total'], 'o-', ms=3, label=r.model, color=color.get(r.model))
+            ax2.plot(t, v['val_total'], 'o', ls=style(r.model), ms=3, label=r.model, color=color.get(r.model))
         ax2.set(xlabel='training time (minutes)', ylabel='validation total MSE (raw units²)', yscale='log',
                 title=f'{monkey} draw {d.draw.min()}: validation at the {top:g}-minute budget')
         ax2.legend(fontsize=8)
@@ -266,7 +268,8 @@ def write_report(
     head = [
         '# neurofc accuracy benchmark',
         '',
-        f"Command: `{command or 'python -m neurofc.accuracy'}` · neurofc {neurofc.__version__} · commit "
+        f"Last command: `{command or 'python -m neurofc.accuracy'}` (the table keeps every cell scored with"
+        f" this training code, from earlier commands too) · neurofc {neurofc.__version__} · commit "
         f"{(_git_commit() or 'unknown')[:12]} · written {now} · torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"
         + (' · **quick mode: a smoke run, not a measurement**' if quick else ''),
