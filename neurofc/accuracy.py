@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_accuracy.ipynb 2
 from __future__ import annotations
-import argparse, contextlib, datetime, io, json, math, sys, time
+import argparse, contextlib, datetime, io, json, math, re, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -16,35 +16,49 @@ from .core import resolve_path
 from .config import RunConfig, phase_config
 from .data import load_monkey
 from .synthetic import ensure_synthetic, synthetic_info
-from .runs import read_json, read_config, code_fingerprint, _git_commit
-from .train import fit
+from .runs import read_json, read_config, code_fingerprint, load_run, _git_commit
+from .train import fit, score_sessions
 from .evaluate import evaluate, load_test_sets
 
 # %% auto 0
-__all__ = ['MODELS', 'ABLATIONS', 'BUDGETS', 'DRAWS', 'MONKEYS', 'CLOSED_FORM', 'phase_model', 'accuracy_config', 'draw_data',
-           'cell_dir', 'time_to', 'preset_changes', 'score_cell', 'trial_counts', 'code_dir', 'run', 'add_ratios',
-           'md_table', 'plot', 'write_report', 'main']
+__all__ = ['MODELS', 'ABLATIONS', 'BUDGETS', 'DRAWS', 'MONKEYS', 'CLOSED_FORM', 'BASELINES', 'split_ensemble', 'phase_model',
+           'accuracy_config', 'draw_data', 'cell_dir', 'time_to', 'preset_changes', 'score_cell', 'trial_counts',
+           'code_dir', 'run', 'add_ratios', 'md_table', 'plot', 'write_report', 'main']
 
 # %% ../nbs/13_accuracy.ipynb
 MODELS = ('persistence', 'ridge', 'gru', 'paper', 'reference', 'compete')
 # ablation rows: a phase with one lever switched back, measured beside the phase itself
 ABLATIONS = {
     'paper-as-published': ('paper', dict(adj_mean=False, residual=False)),
+    'compete-no-population': ('compete', dict(population=0)),
     'compete-no-residual': ('compete', dict(residual=False)),
     'compete-no-adj-mean': ('compete', dict(adj_mean=False)),
     'compete-lr5e-4': ('compete', dict(lr=5e-4)),
     'compete-constant-lr': ('compete', dict(scheduler='none')),
     'compete-score-weighted': ('compete', dict(channel_weight='score')),
     'compete-hidden64': ('compete', dict(hidden=64, d_ff=256)),
+    'compete-channel-attention': ('compete', dict(channel_attention=True)),
 }
 BUDGETS = (2, 10, 30)       # minutes of training (and validation) per model
 DRAWS = (0, 1)              # independent simulator draws (their seeds)
 MONKEYS = ('beignet', 'affi')
 CLOSED_FORM = ('persistence', 'ridge')
 
+def split_ensemble(name: str) -> tuple[str, int]:
+    "`(row, K)` of a row name: `compete-x3` is `('compete', 3)`, three seeds of `compete`; else K = 1."
+    m = re.fullmatch(r'(.+)-x(\d+)', name)
+    if m is None: return name, 1
+    base, k = m[1], int(m[2])
+    if k < 2 or base in CLOSED_FORM:
+        raise ValueError(
+            f"Ensemble row {name!r}: needs K >= 2 seeds of a trained model, found K={k} of {base!r}"
+        )
+    return base, k
+
 def phase_model(name: str) -> tuple[str, str, dict]:
     """(phase, model, overrides) of a benchmark row: a baseline under the `paper` phase's data settings, an
-    AMAG phase, or an ablation of one."""
+    AMAG phase, an ablation of one, or a seed ensemble of any of these."""
+    name = split_ensemble(name)[0]
     if name in ('persistence', 'ridge', 'gru'): return 'paper', name, {}
     if name in ('paper', 'reference', 'compete'): return name, 'amag', {}
     if name in ABLATIONS: return ABLATIONS[name][0], 'amag', dict(ABLATIONS[name][1])
@@ -88,12 +102,14 @@ def preset_changes(run_dir: Path) -> str:
     diff = [f"{k}={v}" for k, v in cfg.to_dict().items() if k != 'max_minutes' and base.get(k) != v]
     return ', '.join(diff) or '–'
 
-def score_cell(run_dir: Path, data_dir: Path) -> dict:
+def score_cell(run_dir: Path | list[Path], data_dir: Path, data=None) -> dict:
     """Test scores (per file, same-day, cross-date, total, ÷ oracle, first-bin MSE) and run facts of one
-    finished run."""
-    with contextlib.redirect_stdout(io.StringIO()): df = evaluate([run_dir], data_dir, save=False)
-    m = read_json(run_dir / 'metrics.json')
-    label = df.model.iloc[0]
+    finished run, or of the mean forecast of several (a seed ensemble; its validation total needs `data`)."""
+    dirs = list(run_dir) if isinstance(run_dir, (list, tuple)) else [run_dir]
+    with contextlib.redirect_stdout(io.StringIO()): df = evaluate(dirs, data_dir, save=False)
+    ms = [read_json(d / 'metrics.json') for d in dirs]
+    ens = [m for m in df.model.unique() if m.endswith(' seeds)')]    # evaluate's label of the mean forecast
+    label = df.model.iloc[0] if len(dirs) == 1 else ens[0]
     own = df[df.model == label]
     get = lambda test_set, metric: own[(own.test_set == test_set) & (own.metric == metric)].value
     files = [t for t in own.test_set.unique() if t not in ('total', 'same-day', 'cross-date')]
@@ -104,12 +120,23 @@ def score_cell(run_dir: Path, data_dir: Path) -> dict:
     r = get('total', 'oracle_ratio')
     row['÷ oracle'] = float(r.iloc[0]) if len(r) else math.nan
     row['first-bin mse'] = float(np.mean([get(t, 'mse_step10').iloc[0] for t in files]))
-    stop = 'budget' if m.get('stopped_by_budget') else 'early' if m['stopped_early'] else 'epochs'
-    env = m.get('environment', {})
-    row.update(changes=preset_changes(run_dir), device=env.get('device_name', env.get('device', '?')),
+    stop = lambda m: 'budget' if m.get('stopped_by_budget') else 'early' if m['stopped_early'] else 'epochs'
+    env = ms[0].get('environment', {})
+    row.update(changes=preset_changes(dirs[0]), device=env.get('device_name', env.get('device', '?')),
                commit=(env.get('git_commit') or '?')[:8])
-    return dict(row, epochs=m['epochs_run'], wall_s=m.get('wall_seconds', m['train_seconds']), stopped=stop,
-                members='+'.join(m['members']), val_total=m['val']['total'], seed=m['seed'])
+    if len(dirs) == 1:
+        m = ms[0]
+        return dict(row, epochs=m['epochs_run'], wall_s=m.get('wall_seconds', m['train_seconds']),
+                    stopped=stop(m), members='+'.join(m['members']), val_total=m['val']['total'],
+                    seed=m['seed'])
+    if data is None: raise ValueError("An ensemble's validation total needs the run's `data`")
+    runs = [load_run(d) for d in dirs]
+    mean = lambda x: np.mean([f.predict(x) for f in runs], 0)
+    return dict(row, epochs='+'.join(str(m['epochs_run']) for m in ms),
+                wall_s=sum(m.get('wall_seconds', m['train_seconds']) for m in ms),
+                stopped='+'.join(dict.fromkeys(stop(m) for m in ms)),
+                members=' | '.join('+'.join(m['members']) for m in ms),
+                val_total=score_sessions(mean, data.val, data.keys[0])['total'], seed=ms[0]['seed'])
 
 # %% ../nbs/13_accuracy.ipynb
 def trial_counts(data, data_dir: Path) -> str:
@@ -127,7 +154,8 @@ def code_dir(runs_dir: str | Path) -> Path:
 
 def _order(df: pd.DataFrame) -> pd.DataFrame:
     rank = {n: i for i, n in enumerate([*MODELS, *ABLATIONS])}
-    key = lambda c: c.map(rank) if c.name == 'model' else c.map(MONKEYS.index) if c.name == 'monkey' else c
+    order = lambda n: rank.get(n, rank.get(split_ensemble(n)[0], len(rank)) + 0.5)   # ensembles: after theirs
+    key = lambda c: c.map(order) if c.name == 'model' else c.map(MONKEYS.index) if c.name == 'monkey' else c
     return df.sort_values(['draw', 'monkey', 'budget_min', 'model'], key=key).reset_index(drop=True)
 
 def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='runs/accuracy', out='reports',
@@ -141,19 +169,22 @@ def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='
     cells = [(d, mk, b, n) for d in draws for mk in monkeys for b in budgets for n in models]
     for i, (draw, monkey, budget, name) in enumerate(cells):
         data_dir = draw_data(draw, monkey)
-        cfg = accuracy_config(name, monkey, budget, quick)
-        d = cell_dir(root, draw, monkey, budget, name, seed)
+        base, k = split_ensemble(name)                      # K seeds of budget / K each (K = 1: one run)
+        cfg = accuracy_config(base, monkey, budget / k, quick)
+        dirs = [cell_dir(root, draw, monkey, budget / k, base, seed + j) for j in range(k)]
         t0 = time.time()
-        if progress: print(f"[{i + 1}/{len(cells)}] {_label(monkey, draw, budget, name)}: {d}", flush=True)
+        if progress: print(f"[{i + 1}/{len(cells)}] {_label(monkey, draw, budget, name)}: {dirs}", flush=True)
         split = (draw, monkey, cfg.val_frac, cfg.cross_val_frac, cfg.split_seed)
         if split not in loaded:  # once per draw and monkey: one split for all
             loaded[split] = load_monkey(data_dir, monkey, *split[2:])
             trials[split] = trial_counts(loaded[split], data_dir)
-        with contextlib.redirect_stdout(io.StringIO()):
-            fit(cfg, loaded[split], d, seed, device, resume=True, progress=False)
-        rel = str(d.relative_to(root))
+        for j, d in enumerate(dirs):
+            with contextlib.redirect_stdout(io.StringIO()):
+                fit(cfg, loaded[split], d, seed + j, device, resume=True, progress=False)
+        # an ensemble's row names its seeds' runs, joined by ` + `
+        rel = ' + '.join(str(d.relative_to(root)) for d in dirs)
         row = dict(draw=draw, monkey=monkey, budget_min=budget, model=name, run=rel, trials=trials[split],
-                   **score_cell(d, data_dir))
+                   **score_cell(dirs, data_dir, loaded[split]))
         if progress: print(f"    total {row['total']:,.0f} in {time.time() - t0:.0f} s", flush=True)
         keep = table[table.run != rel] if len(table) else table
         table = _order(add_ratios(pd.concat([keep, pd.DataFrame([row])], ignore_index=True), root))
@@ -164,19 +195,26 @@ def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='
     return table
 
 # %% ../nbs/13_accuracy.ipynb
+BASELINES = ('persistence', 'ridge', 'gru')
+
 def add_ratios(df: pd.DataFrame, runs: Path) -> pd.DataFrame:
-    """÷ GRU (a total over the GRU's at the same draw, monkey and budget) and `to GRU s` (validation reaching
-    the GRU's)."""
+    """÷ GRU (a total over the GRU's at the same draw, monkey and budget), ÷ baseline (over the baseline row
+    best on validation there: ridge, GRU or a GRU ensemble) and `to GRU s` (validation reaching the GRU's)."""
     df = df.copy()
-    gru = {(r.draw, r.monkey, r.budget_min): r for r in df[df.model == 'gru'].itertuples()}
-    ratio, reach = [], []
+    key = lambda r: (r.draw, r.monkey, r.budget_min)
+    gru = {key(r): r for r in df[df.model == 'gru'].itertuples()}
+    best = {}
+    for r in df[df.model.map(lambda n: split_ensemble(n)[0] in BASELINES)].itertuples():
+        if key(r) not in best or r.val_total < best[key(r)].val_total: best[key(r)] = r
+    ratio, base, reach = [], [], []
     for r in df.itertuples():
-        g = gru.get((r.draw, r.monkey, r.budget_min))
+        g, b = gru.get(key(r)), best.get(key(r))
         ratio.append(r.total / g.total if g is not None else math.nan)
+        base.append(r.total / b.total if b is not None else math.nan)
         hist = Path(runs) / r.run / 'history.csv'
-        ok = g is not None and r.model not in CLOSED_FORM and hist.exists()
+        ok = g is not None and r.model not in CLOSED_FORM and ' + ' not in r.run and hist.exists()
         reach.append(time_to(pd.read_csv(hist), g.val_total) if ok else math.nan)
-    df['÷ GRU'], df['to GRU s'] = ratio, reach
+    df['÷ GRU'], df['÷ baseline'], df['to GRU s'] = ratio, base, reach
     return df
 
 # %% ../nbs/13_accuracy.ipynb
@@ -187,6 +225,7 @@ _AFTER = [
     'total',
     '÷ oracle',
     '÷ GRU',
+    '÷ baseline',
     'first-bin mse',
     'to GRU s',
     'device',
@@ -196,7 +235,7 @@ _AFTER = [
 def _fmt(v, col):
     if isinstance(v, str): return v
     if v is None or (isinstance(v, float) and math.isnan(v)): return '–'
-    if col in ('÷ oracle', '÷ GRU'): return f"{v:.2f}"
+    if col in ('÷ oracle', '÷ GRU', '÷ baseline'): return f"{v:.2f}"
     if col == 'budget_min': return f"{v:g}"
     return f"{v:,.0f}"
 
@@ -222,28 +261,30 @@ def plot(df: pd.DataFrame, runs: Path, path: Path):
     import matplotlib.pyplot as plt
     monkeys = list(dict.fromkeys(df.monkey))
     names = [*MODELS, *ABLATIONS]
-    color = dict(zip(names, plt.get_cmap('tab20').colors))           # one colour per row name in every panel
-    style = lambda name: '--' if name in ABLATIONS else '-'           # ablations dashed
+    colors = dict(zip(names, plt.get_cmap('tab20').colors))          # one colour per row name in every panel
+    color = lambda name: colors.get(split_ensemble(name)[0])         # an ensemble: its row's colour, dotted
+    # ablations dashed, ensembles dotted
+    style = lambda name: ':' if split_ensemble(name)[1] > 1 else '--' if name in ABLATIONS else '-'
     fig, axes = plt.subplots(len(monkeys), 2, figsize=(12, 4 * len(monkeys)), squeeze=False)
     for (ax1, ax2), monkey in zip(axes, monkeys):
         d = df[df.monkey == monkey]
         for name, g in d.groupby('model', sort=False):
             g = g.groupby('budget_min')['÷ oracle'].mean()
-            ax1.plot(g.index, g.values, 'o', ls=style(name), label=name, color=color.get(name))
+            ax1.plot(g.index, g.values, 'o', ls=style(name), label=name, color=color(name))
         ax1.set(xlabel='training budget (minutes)', ylabel='test total ÷ oracle (mean over draws)',
                 title=f'{monkey}: test error by budget', yscale='log')
         ax1.legend(fontsize=8)
         top = d.budget_min.max()
         for r in d[(d.budget_min == top) | d.model.isin(CLOSED_FORM)].itertuples():
-            if r.draw != d.draw.min(): continue
+            if r.draw != d.draw.min() or ' + ' in r.run: continue     # ensembles: see their seeds
             if r.model in CLOSED_FORM:
-                ax2.axhline(r.val_total, ls='--', lw=1, color=color[r.model],
+                ax2.axhline(r.val_total, ls='--', lw=1, color=color(r.model),
                             label=f'{r.model} (closed form)')
                 continue
             h = pd.read_csv(Path(runs) / r.run / 'history.csv')
             v = h.dropna(subset=['val_total']) if 'val_total' in h else h.iloc[:0]
             t = h['seconds'].cumsum()[v.index] / 60
-            ax2.plot(t, v['val_total'], 'o', ls=style(r.model), ms=3, label=r.model, color=color.get(r.model))
+            ax2.plot(t, v['val_total'], 'o', ls=style(r.model), ms=3, label=r.model, color=color(r.model))
         ax2.set(xlabel='training time (minutes)', ylabel='validation total MSE (raw units²)', yscale='log',
                 title=f'{monkey} draw {d.draw.min()}: validation at the {top:g}-minute budget')
         ax2.legend(fontsize=8)
@@ -281,11 +322,15 @@ def write_report(
             ' validation) runs out; persistence and ridge are closed forms and run once. Members and early'
             ' stopping use validation only; the test files are read only to score. Columns: per-file test MSE'
             ' (raw units²), same-day, cross-date and total (the plain mean of the files), ÷ oracle (the'
-            ' simulator\'s oracle forecast, the floor), ÷ GRU (the GRU at the same budget), first-bin MSE'
+            ' simulator\'s oracle forecast, the floor), ÷ GRU (the GRU at the same budget), ÷ baseline (the'
+            ' baseline row best on validation at the same budget: ridge, the GRU or a GRU seed ensemble; the'
+            ' strongest baseline, what the targets are measured against), first-bin MSE'
             ' (bin 10, mean over files), `to GRU s` (training seconds until the run\'s validation total first'
             ' matched the GRU\'s final one). The budget is wall-clock time on a shared machine: how many'
             ' epochs fit in it varies with the load (the table lists them; `wall_s` shows a first epoch that'
-            ' outlasts the budget), so the shortest budgets are noisy.'
+            ' outlasts the budget), so the shortest budgets are noisy. A row `<name>-x<K>` is a seed'
+            ' ensemble: K seeds of `<name>`, each trained for budget / K, forecasting their mean; its epochs,'
+            ' stops and members list each seed\'s, `wall_s` is their sum.'
         ),
         '',
     ]
@@ -297,11 +342,18 @@ def write_report(
     (out / 'accuracy.md').write_text('\n'.join(head + body + ['![accuracy](accuracy.png)', '']))
 
 # %% ../nbs/13_accuracy.ipynb
+def _row_name(name: str) -> str:
+    "A benchmark row name, checked for `argparse`."
+    try: phase_model(name)
+    except ValueError as e: raise argparse.ArgumentTypeError(str(e)) from None
+    return name
+
 def main(argv: list[str] | None = None):
     """`python -m neurofc.accuracy`: train, score and tabulate the chosen cells (resuming, reusing finished
     runs)."""
     ap = argparse.ArgumentParser(prog='python -m neurofc.accuracy', description=main.__doc__)
-    ap.add_argument('--models', nargs='+', default=list(MODELS), choices=[*MODELS, *ABLATIONS])
+    ap.add_argument('--models', nargs='+', default=list(MODELS), type=_row_name, metavar='MODEL',
+                    help=f"rows: {', '.join([*MODELS, *ABLATIONS])}, or <row>-x<K> (K seeds, budget/K each)")
     ap.add_argument('--monkeys', nargs='+', default=list(MONKEYS))
     ap.add_argument('--draws', nargs='+', type=int, default=list(DRAWS))
     ap.add_argument('--budgets', nargs='+', type=float, default=list(BUDGETS), help='minutes per model')

@@ -17,7 +17,7 @@ from .revin import RevIN
 # %% auto 0
 __all__ = ['ADAPTOR_WIDTHS', 'sinusoidal_pe', 'check_heads', 'SelfAttention', 'Block', 'Encoder', 'FeatureEmbed',
            'TemporalEncoder', 'correlation_adjacency', 'Adaptor', 'SpatialInteraction', 'ChannelAttention',
-           'TemporalReadout', 'SessionEmbedding', 'check_session', 'AMAG']
+           'TemporalReadout', 'SessionEmbedding', 'PopulationGRU', 'check_session', 'AMAG']
 
 # %% ../nbs/04_amag.ipynb
 def sinusoidal_pe(n_steps: int, # sequence length T
@@ -270,6 +270,35 @@ class SessionEmbedding(nn.Module):
         return torch.where(known[:, None], W[session.clamp(0, self.n - 1)], mean)
 
 # %% ../nbs/04_amag.ipynb
+class PopulationGRU(nn.Module):
+    """The population pathway: a GRU over all channels' LMP `(B, T, C)`, its state read out per channel,
+    `(B, T, C)`."""
+    def __init__(self, n_channels: int, width: int):
+        super().__init__()
+        if width < 1: raise ValueError(f"population width must be positive, found {width}")
+        self.width = width
+        self.ih, self.hh = nn.Linear(n_channels, 3 * width), nn.Linear(width, 3 * width)
+        for p in (*self.ih.parameters(), *self.hh.parameters()):       # nn.GRU's initialisation
+            nn.init.uniform_(p, -width ** -0.5, width ** -0.5)
+        self.head = nn.Linear(width, n_channels)
+        nn.init.zeros_(self.head.weight)                               # starts silent
+        nn.init.zeros_(self.head.bias)
+
+    def states(self, x: Tensor) -> Tensor:
+        "The GRU states g_1..g_T `(B, T, width)` (gates in torch's order: reset, update, new)."
+        P, gi = self.width, self.ih(x)                                 # input terms of every bin at once
+        g, out = x.new_zeros(x.shape[0], P), []
+        for t in range(x.shape[1]):
+            gh = self.hh(g)
+            r, u = torch.sigmoid(gi[:, t, :2 * P] + gh[:, :2 * P]).chunk(2, -1)
+            n = torch.tanh(gi[:, t, 2 * P:] + r * gh[:, 2 * P:])
+            g = (1 - u) * n + u * g
+            out.append(g)
+        return torch.stack(out, 1)
+
+    def forward(self, x: Tensor) -> Tensor: return self.head(self.states(x))
+
+# %% ../nbs/04_amag.ipynb
 def check_session(session, batch: int, device) -> Tensor | None:
     "Session ids as a `(batch,)` integer tensor on `device` (a scalar applies to the batch), or None."
     if session is None: return None
@@ -302,6 +331,7 @@ class AMAG(nn.Module):
                  revin: bool = False,                  # context-only reversible instance normalisation
                  adj_mean: bool = False,  # start A_a, A_m at adj_init / C: sums over u start as means
                  residual: bool = False,               # forecast = last context LMP + TR's output
+                 population: int = 0,                  # width of the population pathway's GRU; 0 = none
                  adj_init: Tensor | None = None,  # (C, C) initial adjacency, e.g. `correlation_adjacency`
                 ):
         super().__init__()
@@ -317,6 +347,7 @@ class AMAG(nn.Module):
                                      adj_scale=1 / n_channels if adj_mean else 1.0)
         self.ca = ChannelAttention(hidden, channel_heads, dropout) if channel_attention else None
         self.tr = TemporalReadout(hidden, heads, layers, d_ff, dropout)
+        self.pop = PopulationGRU(n_channels, population) if population else None
 
     def forward(self, x: Tensor,                    # (B, 20, C, F); bins 10-19 are ignored (masked here)
                 session: Tensor | None = None,      # (B,) session ids; None or unknown ids: mean embedding
@@ -334,6 +365,7 @@ class AMAG(nn.Module):
         z = self.si(z)
         if self.ca is not None: z = self.ca(z)
         y = self.tr(z, T_CONTEXT)                    # the forecast (B, 10, C)
+        if self.pop is not None: y = y + self.pop(x[..., 0])[:, T_CONTEXT:]  # + the population's read-out
         if self.residual: y = y + x[:, T_CONTEXT - 1:T_CONTEXT, :, 0]   # ... as a change from the last bin
         if self.revin is not None: y = self.revin.denormalize(y, stats)
         y = torch.cat([ctx.to(y.dtype), y], 1)       # bins 0-9: the context itself

@@ -42,6 +42,7 @@ class RunConfig(Config):
     # Phase 1's two fixes to the published arithmetic (`neurofc.amag`; the benchmark's `paper-as-published`)
     adj_mean: bool = True  # adjacency starts at correlation / C (sums over channels start as means)
     residual: bool = True               # forecast the change from the last context bin
+    population: int = 0                 # width of the population pathway (a GRU over all channels); 0 = none
     # --- optimisation
     batch_size: int | None = None       # None: 16 for affi, 32 for beignet
     optimizer: Literal['adam', 'adamw'] = 'adam'
@@ -135,6 +136,7 @@ class RunConfig(Config):
             'warmup',
             'patience',
             'snapshots',
+            'population',
             'cooldown_s',
             'eta_min',
             'adaptor_chunk',
@@ -188,6 +190,7 @@ _COMPETE = dict(
     adaptor=False,
     adj_mean=True,
     residual=True,
+    population=256,
     session_embedding=True,
     optimizer='adamw',
     lr=2e-3,

@@ -37,7 +37,8 @@ _DATA = ('train_limit', 'val_frac', 'cross_val_frac', 'batch_size')
 # every extension at once, and a two-member predictor (a snapshot per cosine cycle, and the EMA): what export,
 # ingestion and the GPU paths must carry
 ALL_SWITCHES = dict(
-    feature_pathways=True, channel_attention=True, session_embedding=True, revin=True, dropout=0.1,
+    feature_pathways=True, channel_attention=True, session_embedding=True, revin=True, population=8,
+    dropout=0.1,
     loss='huber', mmd_weight=0.05, spectral_weight=0.1, mixup_alpha=0.3, jitter=0.01, scale_aug=0.05,
     channel_dropout=0.05, phase_aug=0.1, scheduler='cosine', snapshots=1, ema_decay=0.999,
     predictor='snapshots+ema',

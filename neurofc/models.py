@@ -95,7 +95,8 @@ def _init_ridge(kwargs: dict, data) -> RidgeAR:
     return RidgeAR(**kwargs).fit(x, x[..., 0])
 
 AMAG_ARGS = ('hidden', 'heads', 'layers', 'd_ff', 'dropout', 'adaptor', 'modulator', 'feature_pathways',
-             'channel_attention', 'channel_heads', 'session_embedding', 'revin', 'adj_mean', 'residual')
+             'channel_attention', 'channel_heads', 'session_embedding', 'revin', 'adj_mean', 'residual',
+             'population')
 MODELS = {
     'amag': ModelSpec(
         AMAG, {a: a for a in AMAG_ARGS}, ('n_channels', 'n_features', 'n_sessions'), _init_amag
