@@ -135,7 +135,7 @@ def score_cell(run_dir: Path | list[Path], data_dir: Path, data=None) -> dict:
     return dict(row, epochs='+'.join(str(m['epochs_run']) for m in ms),
                 wall_s=sum(m.get('wall_seconds', m['train_seconds']) for m in ms),
                 stopped='+'.join(dict.fromkeys(stop(m) for m in ms)),
-                members=' | '.join('+'.join(m['members']) for m in ms),
+                members=' · '.join('+'.join(m['members']) for m in ms),
                 val_total=score_sessions(mean, data.val, data.keys[0])['total'], seed=ms[0]['seed'])
 
 # %% ../nbs/13_accuracy.ipynb
@@ -173,7 +173,9 @@ def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='
         cfg = accuracy_config(base, monkey, budget / k, quick)
         dirs = [cell_dir(root, draw, monkey, budget / k, base, seed + j) for j in range(k)]
         t0 = time.time()
-        if progress: print(f"[{i + 1}/{len(cells)}] {_label(monkey, draw, budget, name)}: {dirs}", flush=True)
+        if progress:
+            print(f"[{i + 1}/{len(cells)}] {_label(monkey, draw, budget, name)}: {dirs[0].parent}",
+                  flush=True)
         split = (draw, monkey, cfg.val_frac, cfg.cross_val_frac, cfg.split_seed)
         if split not in loaded:  # once per draw and monkey: one split for all
             loaded[split] = load_monkey(data_dir, monkey, *split[2:])
@@ -186,7 +188,8 @@ def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='
         row = dict(draw=draw, monkey=monkey, budget_min=budget, model=name, run=rel, trials=trials[split],
                    **score_cell(dirs, data_dir, loaded[split]))
         if progress: print(f"    total {row['total']:,.0f} in {time.time() - t0:.0f} s", flush=True)
-        keep = table[table.run != rel] if len(table) else table
+        # a closed form's one run stands in a row per budget
+        keep = table[(table.run != rel) | (table.budget_min != budget)] if len(table) else table
         table = _order(add_ratios(pd.concat([keep, pd.DataFrame([row])], ignore_index=True), root))
         root.mkdir(parents=True, exist_ok=True)
         table.to_csv(scores, index=False)
@@ -233,7 +236,7 @@ _AFTER = [
 ]
 
 def _fmt(v, col):
-    if isinstance(v, str): return v
+    if isinstance(v, str): return v.replace('|', '\\|')     # a pipe would end the table cell
     if v is None or (isinstance(v, float) and math.isnan(v)): return '–'
     if col in ('÷ oracle', '÷ GRU', '÷ baseline'): return f"{v:.2f}"
     if col == 'budget_min': return f"{v:g}"
@@ -285,6 +288,9 @@ def plot(df: pd.DataFrame, runs: Path, path: Path):
             v = h.dropna(subset=['val_total']) if 'val_total' in h else h.iloc[:0]
             t = h['seconds'].cumsum()[v.index] / 60
             ax2.plot(t, v['val_total'], 'o', ls=style(r.model), ms=3, label=r.model, color=color(r.model))
+            if 'val_ema_total' in v and v['val_ema_total'].notna().any():      # its EMA weights, scored alike
+                ax2.plot(t, v['val_ema_total'], 'x', ls=':', ms=3, color=color(r.model),
+                         label=f'{r.model} (EMA)')
         ax2.set(xlabel='training time (minutes)', ylabel='validation total MSE (raw units²)', yscale='log',
                 title=f'{monkey} draw {d.draw.min()}: validation at the {top:g}-minute budget')
         ax2.legend(fontsize=8)

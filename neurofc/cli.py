@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         (
             'demo',
             (
-                'data (real files in data/, else synthetic) -> baselines and both phases (quick) ->'
+                'data (real files in data/, else synthetic) -> baselines and both phases (minutes each) ->'
                 ' reports/<monkey>-phases.html'
             ),
         ),
@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument(
                 '--runs-dir', default='runs/demo', help='where the demo runs live (finished runs are reused)'
             )
+            s.add_argument('--quick', action='store_true', help='tiny runs: a smoke test, not a ranking')
     e = sub.add_parser('export', help='write a Codabench submission (folder and zip) from finished runs')
     e.add_argument(
         '--affi',
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             for k, v in info(args.device).items(): print(f"{k:>8}: {v}")
             if args.cmd == 'demo':
                 from neurofc.demo import run_demo
-                run_demo(args.monkey, args.device, args.runs_dir)
+                run_demo(args.monkey, args.device, args.runs_dir, quick=args.quick)
         except (ValueError, RuntimeError, KeyError, FileNotFoundError, FileExistsError) as e:
             print(
                 f"neurofc: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr
