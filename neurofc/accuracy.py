@@ -43,6 +43,7 @@ BUDGETS = (2, 10, 30)       # minutes of training (and validation) per model
 DRAWS = (0, 1)              # independent simulator draws (their seeds)
 MONKEYS = ('beignet', 'affi')
 CLOSED_FORM = ('persistence', 'ridge')
+BASELINES = ('persistence', 'ridge', 'gru')
 
 def split_ensemble(name: str) -> tuple[str, int]:
     "`(row, K)` of a row name: `compete-x3` is `('compete', 3)`, three seeds of `compete`; else K = 1."
@@ -59,7 +60,7 @@ def phase_model(name: str) -> tuple[str, str, dict]:
     """(phase, model, overrides) of a benchmark row: a baseline under the `paper` phase's data settings, an
     AMAG phase, an ablation of one, or a seed ensemble of any of these."""
     name = split_ensemble(name)[0]
-    if name in ('persistence', 'ridge', 'gru'): return 'paper', name, {}
+    if name in BASELINES: return 'paper', name, {}
     if name in ('paper', 'reference', 'compete'): return name, 'amag', {}
     if name in ABLATIONS: return ABLATIONS[name][0], 'amag', dict(ABLATIONS[name][1])
     raise ValueError(f"Unknown benchmark model {name!r}; known: {[*MODELS, *ABLATIONS]}")
@@ -198,8 +199,6 @@ def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='
     return table
 
 # %% ../nbs/13_accuracy.ipynb
-BASELINES = ('persistence', 'ridge', 'gru')
-
 def add_ratios(df: pd.DataFrame, runs: Path) -> pd.DataFrame:
     """÷ GRU (a total over the GRU's at the same draw, monkey and budget), ÷ baseline (over the baseline row
     best on validation there: ridge, GRU or a GRU ensemble) and `to GRU s` (validation reaching the GRU's)."""

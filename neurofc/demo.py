@@ -8,7 +8,8 @@ import itertools, time
 from pathlib import Path
 
 from .core import resolve_path
-from .config import PHASES, phase_config
+from .config import phase_config
+from .accuracy import phase_model
 from .synthetic import data_source
 from .data import load_monkey
 from neurofc.runs import (
@@ -33,7 +34,7 @@ DEMO_MINUTES = {'paper': 2.0, 'compete': 4.0}   # training budget of each AMAG p
 def demo_config(name: str, monkey: str, quick: bool = False):
     """A demo model's configuration: a baseline at its full settings, an AMAG phase at its preset stopped
     after `DEMO_MINUTES`; `quick`: the tiny smoke-test settings."""
-    phase, model = (name, 'amag') if name in PHASES else ('paper', name)
+    phase, model, _ = phase_model(name)
     cfg = phase_config(phase, monkey, quick=quick, model=model)
     return cfg.replace(max_minutes=DEMO_MINUTES[name]) if model == 'amag' and not quick else cfg
 
