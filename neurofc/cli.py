@@ -12,7 +12,7 @@ import neurofc
 from .core import get_device
 
 # %% auto 0
-__all__ = ['info', 'export', 'main']
+__all__ = ['info', 'export', 'sweep', 'main']
 
 # %% ../nbs/90_cli.ipynb
 def info(device: str = 'auto') -> dict:
@@ -49,6 +49,33 @@ def _parser() -> argparse.ArgumentParser:
                 '--runs-dir', default='runs/demo', help='where the demo runs live (finished runs are reused)'
             )
             s.add_argument('--quick', action='store_true', help='tiny runs: a smoke test, not a ranking')
+    w = sub.add_parser(
+        'sweep',
+        help=(
+            "search a phase's hyperparameters on Ray Tune -> reports/<name>-sweep.html and "
+            "runs/sweeps/<name>/best.json (a preset for train.ipynb)"
+        ),
+    )
+    w.add_argument('--monkey', default='beignet')
+    w.add_argument('--phase', default='reference', help="whose preset and search space (default reference)")
+    w.add_argument('--trials', type=int, default=8)
+    w.add_argument('--minutes', type=float, help='budget per trial in minutes (default 3, unless --epochs)')
+    w.add_argument('--epochs', type=int, help='budget per trial in epochs instead of minutes')
+    w.add_argument(
+        '--space', help="the search space, YAML or JSON, e.g. \"{lr: {loguniform: [1.0e-4, 3.0e-3]}}\""
+    )
+    w.add_argument('--overrides', help='RunConfig fields fixed for every trial, YAML or JSON')
+    w.add_argument(
+        '--name', help='the sweep folder runs/sweeps/<name> (default <monkey>-<phase>); reruns resume'
+    )
+    w.add_argument(
+        '--address', help="a Ray cluster's head host:port (default: RAY_ADDRESS, else a local Ray)"
+    )
+    w.add_argument('--cpus', type=float, default=1, help='CPUs per trial')
+    w.add_argument('--gpus', type=float, default=0, help='GPUs per trial (0.5: two trials share one)')
+    w.add_argument('--seed', type=int, default=0)
+    w.add_argument('--device', default='auto')
+    w.add_argument('--quick', action='store_true', help='the quick settings: a smoke test')
     e = sub.add_parser('export', help='write a Codabench submission (folder and zip) from finished runs')
     e.add_argument(
         '--affi',
@@ -89,6 +116,62 @@ def export(args) -> int:
     return 0
 
 # %% ../nbs/90_cli.ipynb
+def _mapping(text: str | None, what: str) -> dict | None:
+    "A mapping given as YAML or JSON text on the command line, or None."
+    if text is None: return None
+    import yaml
+    try:
+        v = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"--{what}: not YAML or JSON ({e.problem}): {text!r}") from None
+    if not isinstance(v, dict): raise ValueError(f"--{what}: expected a mapping, found {text!r}")
+    return v
+
+def sweep(args) -> int:
+    """`neurofc sweep`: check the settings, then run `nbs/sweep.ipynb` (its output streamed) and render its
+    report."""
+    from neurofc.sweep import sweep_spec, check_address, render_sweep
+    from neurofc.synthetic import data_source
+    minutes = args.minutes if args.minutes is not None or args.epochs is not None else 3.0
+    space, overrides = _mapping(args.space, 'space'), _mapping(args.overrides, 'overrides')
+    sweep_spec(
+        args.monkey,
+        args.phase,
+        args.trials,
+        minutes,
+        args.epochs,
+        space,
+        args.seed,
+        1,
+        data_source('data', args.monkey),
+        args.quick,
+        overrides,
+    )  # fails fast, before a kernel starts
+    if args.address and args.address != 'auto': check_address(args.address)
+    params = dict(
+        monkey=args.monkey,
+        phase=args.phase,
+        trials=args.trials,
+        minutes=minutes,
+        epochs=args.epochs,
+        space=space,
+        overrides=overrides or {},
+        name=args.name,
+        address=args.address,
+        cpus=args.cpus,
+        gpus=args.gpus,
+        seed=args.seed,
+        device=args.device,
+        quick=args.quick,
+    )
+    try: html = render_sweep(**params)
+    except Exception as e:  # a cell of the notebook failed: its error, not papermill's wrapper
+        if type(e).__name__ != 'PapermillExecutionError': raise
+        raise RuntimeError(f"the sweep notebook failed: {e.ename}: {e.evalue}") from None
+    print(f"report: {html}")
+    return 0
+
+# %% ../nbs/90_cli.ipynb
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `neurofc` console command."
     args = _parser().parse_args(argv)
@@ -96,11 +179,12 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = lambda msg, *a, **k: print(f"neurofc: warning: {msg}", file=sys.stderr)
         try:
             if args.cmd == 'export': return export(args)
+            if args.cmd == 'sweep': return sweep(args)
             for k, v in info(args.device).items(): print(f"{k:>8}: {v}")
             if args.cmd == 'demo':
                 from neurofc.demo import run_demo
                 run_demo(args.monkey, args.device, args.runs_dir, quick=args.quick)
-        except (ValueError, RuntimeError, KeyError, FileNotFoundError, FileExistsError) as e:
+        except (ValueError, RuntimeError, KeyError, FileNotFoundError, FileExistsError, ConnectionError) as e:
             print(
                 f"neurofc: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr
             )

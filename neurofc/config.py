@@ -5,6 +5,7 @@
 # %% ../nbs/05_config.ipynb 2
 from __future__ import annotations
 import dataclasses
+import math
 from typing import Literal
 
 from torch import nn
@@ -15,7 +16,8 @@ from .models import MODELS
 from .fast import accelerate
 
 # %% auto 0
-__all__ = ['PHASES', 'PHASE_DEFAULTS', 'MODEL_DEFAULTS', 'QUICK', 'RunConfig', 'phase_config', 'build_model']
+__all__ = ['PHASES', 'PHASE_DEFAULTS', 'MODEL_DEFAULTS', 'QUICK', 'SPACE_KINDS', 'SPACES', 'RunConfig', 'phase_config',
+           'check_space', 'build_model']
 
 # %% ../nbs/05_config.ipynb
 PHASES = ('paper', 'compete', 'reference')
@@ -308,6 +310,103 @@ def phase_config(phase: str, monkey: str = 'beignet', quick: bool = False, **ove
                 epochs=min(MODEL_DEFAULTS[model]['epochs'], QUICK['epochs']),
             )
     return RunConfig(**{**base, **overrides})
+
+# %% ../nbs/05_config.ipynb
+SPACE_KINDS = ('uniform', 'loguniform', 'int', 'choice')
+# what a sweep varies around each preset; the preset's own values lie inside, so a sweep can find the preset
+SPACES = {
+    'paper': dict(
+        lr={'loguniform': [1e-4, 3e-3]},
+        weight_decay={'loguniform': [1e-6, 1e-3]},
+        hidden={'choice': [32, 64, 128]},
+        batch_size={'choice': [16, 32, 64]},
+    ),
+    'compete': dict(
+        lr={'loguniform': [5e-4, 5e-3]},
+        weight_decay={'loguniform': [1e-5, 1e-2]},
+        hidden={'choice': [32, 64]},
+        population={'choice': [128, 256, 384]},
+        jitter={'uniform': [0.0, 0.1]},
+        ema_decay={'choice': [0.99, 0.995, 0.999]},
+    ),
+    'reference': dict(
+        lr={'loguniform': [1e-4, 3e-3]},
+        weight_decay={'loguniform': [1e-6, 1e-2]},
+        hidden={'choice': [32, 64, 128]},
+        dropout={'uniform': [0.0, 0.3]},
+        mixup_alpha={'uniform': [0.0, 0.4]},
+        ema_decay={'choice': [0.99, 0.995, 0.999]},
+    ),
+}
+# fields a sweep sets itself, and speed-only settings (searching them changes no result)
+_NOT_SEARCHED = {
+    **dict.fromkeys(('phase', 'model', 'monkey'), "a parameter of the sweep itself"),
+    **dict.fromkeys(('epochs', 'max_minutes'), "set by the sweep's budget per trial"),
+    **dict.fromkeys(('val_frac', 'cross_val_frac', 'split_seed', 'train_limit'),
+                    "the split: every trial must be scored on the same validation trials"),
+    **dict.fromkeys(('adaptor_chunk', 'checkpoint', 'encoder_tile', 'encoder_keep_mb', 'amp', 'compile',
+                     'cooldown_s', 'max_gpu_temp'), "an engine setting: it changes speed and memory only"),
+}
+
+# %% ../nbs/05_config.ipynb
+def _number(v, where: str, integer: bool = False):
+    "`v` as a number (text such as '1e-4' is read as one); an error naming `where` otherwise."
+    if isinstance(v, str):
+        try: v = float(v)
+        except ValueError: raise ValueError(f"{where}: expected a number, found {v!r}") from None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"{where}: expected a finite number, found {v!r}")
+    if integer:
+        if v != int(v): raise ValueError(f"{where}: expected an integer, found {v!r}")
+        return int(v)
+    return v
+
+def check_space(space: dict, phase: str = 'paper', monkey: str = 'beignet') -> dict:
+    """`space` (field -> `{kind: args}`, see `SPACES`) checked against `phase`'s configuration and normalised:
+    field -> `(kind, values)`, numbers as numbers. Every error names the entry."""
+    if not isinstance(space, dict):
+        raise TypeError(f"space: expected a mapping of RunConfig fields to {{kind: values}}, found {space!r}")
+    if not space:
+        raise ValueError(f"the search space is empty: give at least one field, e.g. {{'lr': {{'loguniform': "
+                         f"[0.0001, 0.003]}}}}; {phase!r}'s own: {SPACES.get(phase)}")
+    RunConfig._check_keys(space, 'space')
+    types, out = {f.name: getattr(f.type, '__name__', str(f.type)) for f in dataclasses.fields(RunConfig)}, {}
+    for name, entry in space.items():
+        where = f"space[{name!r}]"
+        if name in _NOT_SEARCHED:
+            raise ValueError(f"{where}: {name} cannot be searched ({_NOT_SEARCHED[name]})")
+        if not (isinstance(entry, dict) and len(entry) == 1 and next(iter(entry)) in SPACE_KINDS):
+            raise ValueError(
+                f"{where}: expected one of {{'uniform': [low, high]}}, {{'loguniform': [low, high]}}"
+                f", {{'int': [low, high]}} or {{'choice': [values]}}, found {entry!r}"
+            )
+        (kind, vals), ftype = next(iter(entry.items())), types[name]
+        if kind == 'choice':
+            if not isinstance(vals, (list, tuple)) or not vals:
+                raise ValueError(f"{where}: choice needs a non-empty list of values, found {vals!r}")
+            numeric = ftype.split(' |')[0] in ('int', 'float')
+            vals = [
+                _number(v, where, ftype.startswith('int')) if numeric and v is not None else v for v in vals
+            ]
+            if len(set(map(repr, vals))) < len(vals): raise ValueError(f"{where}: repeated choices in {vals}")
+        else:
+            if not isinstance(vals, (list, tuple)) or len(vals) != 2:
+                raise ValueError(f"{where}: {kind} needs [low, high], found {vals!r}")
+            if ftype.split(' |')[0] not in (('int',) if kind == 'int' else ('float',)):
+                raise ValueError(
+                    f"{where}: {kind} ranges need {'an int' if kind == 'int' else 'a float'} field; "
+                    f"{name} is {ftype} (use 'choice')"
+                )
+            vals = [_number(v, where, kind == 'int') for v in vals]
+            if not vals[0] < vals[1]:
+                raise ValueError(f"{where}: low ({vals[0]}) must be < high ({vals[1]})")
+            if kind == 'loguniform' and vals[0] <= 0:
+                raise ValueError(f"{where}: loguniform needs low > 0, found {vals[0]}")
+        for v in vals:                                         # the ends of a range, every choice
+            try: phase_config(phase, monkey, **{name: v})
+            except (ValueError, TypeError) as e: raise ValueError(f"{where} allows {v!r}: {e}") from None
+        out[name] = (kind, list(vals))
+    return out
 
 # %% ../nbs/05_config.ipynb
 def build_model(

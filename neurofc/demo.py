@@ -10,6 +10,7 @@ from pathlib import Path
 from .core import resolve_path
 from .config import phase_config
 from .accuracy import phase_model
+from .evaluate import render_notebook
 from .synthetic import data_source
 from .data import load_monkey
 from neurofc.runs import (
@@ -40,23 +41,10 @@ def demo_config(name: str, monkey: str, quick: bool = False):
 
 def render_report(monkey: str, runs, data_dir: str | Path = 'data', out: str | Path | None = None) -> Path:
     "Execute `nbs/report.ipynb` with papermill and render it to HTML without code; returns the HTML path."
-    import papermill as pm, nbformat
-    from nbconvert import HTMLExporter
     out = resolve_path(out or f'reports/{monkey}-phases')
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ipynb, html = out.with_suffix('.ipynb'), out.with_suffix('.html')
-    if html.exists(): print(f"Replacing the existing report {html}")
     runs = [str(r) for r in runs] if isinstance(runs, (list, tuple)) else str(runs)
-    pm.execute_notebook(
-        str(resolve_path('nbs/report.ipynb')),
-        str(ipynb),
-        kernel_name='python3',
-        progress_bar=False,
-        parameters=dict(monkey=monkey, runs=runs, data_dir=str(resolve_path(data_dir)), out=str(out)),
-    )
-    body, _ = HTMLExporter(exclude_input=True).from_notebook_node(nbformat.read(ipynb, as_version=4))
-    html.write_text(body)
-    return html
+    params = dict(monkey=monkey, runs=runs, data_dir=str(resolve_path(data_dir)), out=str(out))
+    return render_notebook('report.ipynb', out, params)
 
 # %% ../nbs/11_demo.ipynb
 def _differs(run_dir: Path, cfg, fingerprint: dict) -> list[str]:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_evaluate.ipynb 2
 from __future__ import annotations
-import glob, json, warnings
+import glob, json, sys, warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from .train import persistence
 
 # %% auto 0
 __all__ = ['challenge_total', 'step_mse', 'channel_scores', 'load_test_sets', 'run_group', 'evaluate', 'phase_table',
-           'chosen_row']
+           'chosen_row', 'banner', 'render_notebook']
 
 # %% ../nbs/09_evaluate.ipynb
 def _future(a): return np.asarray(a, np.float64)[:, T_CONTEXT:]
@@ -205,3 +205,33 @@ def chosen_row(labels, prefix: str, val_total: dict) -> str | None:
     rows = [m for m in labels if m.split(' ')[0] == prefix]
     ens = [m for m in rows if m.endswith('seeds)')]
     return ens[0] if ens else (min(rows, key=lambda m: val_total.get(m, np.inf)) if rows else None)
+
+# %% ../nbs/09_evaluate.ipynb
+def banner(source, monkey: str, what: str) -> str:
+    "A report's provenance banner (HTML): real or synthetic data in `source`, the monkey, and `what`."
+    from neurofc.synthetic import is_synthetic
+    synthetic = is_synthetic(source, monkey)
+    kind = ('SYNTHETIC data from the built-in µECoG simulator — not challenge results' if synthetic
+            else 'REAL challenge data')
+    return (
+        f"<div style='padding:10px;border:3px solid {'#d95f02' if synthetic else '#1b9e77'};font-size:1.2em'>"
+        f"<b>{kind}</b> · monkey <code>{monkey}</code> · {what}</div>"
+    )
+
+# %% ../nbs/09_evaluate.ipynb
+def render_notebook(notebook: str, out: str | Path, parameters: dict, log: bool = False) -> Path:
+    """Execute `nbs/<notebook>` with papermill into `out`.ipynb and render it to `out`.html without code (an
+    existing report is replaced, and said so); returns the HTML path. `log`: stream its output while it runs.
+    """
+    import papermill as pm, nbformat
+    from nbconvert import HTMLExporter
+    out = resolve_path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ipynb, html = out.with_suffix('.ipynb'), out.with_suffix('.html')
+    if html.exists(): print(f"Replacing the existing report {html}")
+    pm.execute_notebook(str(resolve_path(f'nbs/{notebook}')), str(ipynb), kernel_name='python3',
+                        progress_bar=False, log_output=log, stdout_file=sys.stdout if log else None,
+                        parameters=parameters)
+    body, _ = HTMLExporter(exclude_input=True).from_notebook_node(nbformat.read(ipynb, as_version=4))
+    html.write_text(body)
+    return html

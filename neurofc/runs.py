@@ -292,7 +292,8 @@ def load_checkpoint(path: Path, device) -> dict:
 def finished_metrics(run_dir: Path, cfg: RunConfig) -> dict:
     "The metrics of a finished run, which is read-only: asking for more epochs than it ran is an error."
     m = read_json(run_dir / 'metrics.json', 'the metrics of a finished neurofc run')
-    if cfg.epochs > m['epochs_run'] and not (m['stopped_early'] or m.get('stopped_by_budget')):
+    stopped = m['stopped_early'] or m.get('stopped_by_budget') or m.get('stopped_by_scheduler')
+    if cfg.epochs > m['epochs_run'] and not stopped:
         raise ValueError(
             f"{run_dir} finished after {m['epochs_run']} epochs and a finished run is read-only: to train for"
             f" epochs={cfg.epochs}, start a new run (another runs_dir or seed)"

@@ -37,8 +37,8 @@ from .losses import forecast_mse, forecast_huber, mmd_loss, spectral_loss, varia
 
 # %% auto 0
 __all__ = ['LineProgress', 'progress_bar', 'lr_factor', 'is_cycle_end', 'ema_decay', 'EMA', 'augment', 'mixup', 'score_sessions',
-           'persistence', 'score_weights', 'loss_weight', 'augments', 'make_optimizer', 'TrainStep', 'Run', 'fit',
-           'stackable', 'StackedStep', 'finish_run', 'check_seeds', 'train_seeds']
+           'persistence', 'score_weights', 'loss_weight', 'augments', 'make_optimizer', 'TrainStep', 'Run',
+           'limit_train', 'fit', 'close_run', 'stackable', 'StackedStep', 'finish_run', 'check_seeds', 'train_seeds']
 
 # %% ../nbs/07_train.ipynb
 def _in_kernel() -> bool:
@@ -366,7 +366,11 @@ class Run:
             total += self.step(b, cfg.lr * lr_factor(cfg, epoch + i / n_steps, self.spent(t0)))
             if cfg.cooldown_s > 0: time.sleep(cfg.cooldown_s)
             _thermal_pause(cfg, self.dev)
-        return dict(epoch=epoch, segment=self.state['segment'], train_loss=float(total) / n_steps,
+        loss = float(total) / n_steps
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"{self.dir.name}: the training loss is {loss} in epoch {epoch} (lr "
+                                     f"{cfg.lr:g}, grad_clip {cfg.grad_clip:g}): the run diverged")
+        return dict(epoch=epoch, segment=self.state['segment'], train_loss=loss,
                     lr=cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9, self.spent(t0)), seconds=time.time() - t0)
 
     def spent(self, t0: float) -> float:
@@ -427,12 +431,17 @@ class Run:
 
 
 # %% ../nbs/07_train.ipynb
+def limit_train(data: MonkeyData, cfg: RunConfig) -> MonkeyData:
+    "`data` with at most `cfg.train_limit` training trials per day (quick runs); unchanged without a limit."
+    if not cfg.train_limit: return data
+    return dataclasses.replace(data, train={k: v[: cfg.train_limit] for k, v in data.train.items()})
+
+# %% ../nbs/07_train.ipynb
 def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, device: str = 'auto',
         resume: bool = False, progress: bool = True, callback=None) -> dict:
     "Train `cfg` on `data` into `run_dir`; returns the final metrics (also in `metrics.json`)."
     run_dir, dev = resolve_path(run_dir), get_device(device)
-    if cfg.train_limit:
-        data = dataclasses.replace(data, train={k: v[: cfg.train_limit] for k, v in data.train.items()})
+    data = limit_train(data, cfg)
     fingerprint = run_fingerprint(data)
     # verifies an existing run before anything is written
     status = prepare_run_dir(run_dir, cfg, resume, fingerprint)
@@ -453,7 +462,7 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
         if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs or out_of_time:
             run.validate(epoch, row)
         if cfg.snapshots and is_cycle_end(cfg, epoch): run.snapshot(epoch)
-        run.state['wall_s'] = run.state.get('wall_s', 0.0) + time.time() - t0
+        run.state['wall_s'] = row['wall_s'] = run.state.get('wall_s', 0.0) + time.time() - t0
         if out_of_time: run.state['stopped_by_budget'] = True
         stop = run.end_epoch(epoch, row) or out_of_time
         if bar:
@@ -467,6 +476,18 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
         if callback: callback(epoch, row)
         if stop: break
     if bar: bar.close()
+    return run.finish()
+
+def close_run(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int, device: str = 'auto') -> dict:
+    """Finish an unfinished run where it stands, without another epoch (a sweep's scheduler stopped it): its
+    members scored, `metrics.json` written (`stopped_by_scheduler`), the run sealed."""
+    run_dir, dev = resolve_path(run_dir), get_device(device)
+    data = limit_train(data, cfg)
+    if prepare_run_dir(run_dir, cfg, True, run_fingerprint(data)) == 'finished':
+        return finished_metrics(run_dir, cfg)
+    run = Run(cfg, data, run_dir, seed, dev)
+    if run.resume(): return finished_metrics(run_dir, cfg)
+    run.state['stopped_by_scheduler'] = True
     return run.finish()
 
 
@@ -567,6 +588,7 @@ def finish_run(cfg, data, run_dir, dev, state, seed, n_params) -> dict:
         best_epoch=state['best_epoch'],
         stopped_early=bool(state.get('stopped_early', False)),
         stopped_by_budget=bool(state.get('stopped_by_budget', False)),
+        stopped_by_scheduler=bool(state.get('stopped_by_scheduler', False)),   # a sweep's ASHA
         n_params=int(n_params),
         train_seconds=float(sum(r['seconds'] for r in state['history'])),
         wall_seconds=float(state.get('wall_s', 0.0)),  # training and validation, as `max_minutes` counts them
