@@ -4,12 +4,12 @@
 
 # %% ../nbs/08_sweep.ipynb 2
 from __future__ import annotations
-import json, math, os, re, socket, sys, time
+import json, math, os, re, socket, time
 from pathlib import Path
 
 import pandas as pd
 
-from .core import resolve_path, get_device
+from .core import resolve_path
 from .config import PHASES, SPACES, RunConfig, check_space, phase_config
 from .data import load_monkey
 from .synthetic import data_source
@@ -46,6 +46,10 @@ def preset_point(phase: str, monkey: str, space: dict) -> dict | None:
     return point if all(inside(n, k, v) for n, (k, v) in space.items()) else None
 
 # %% ../nbs/08_sweep.ipynb
+def _budget(minutes: float | None, epochs: int | None) -> dict:
+    "The RunConfig fields of a budget per trial: minutes of training, else epochs."
+    return {'max_minutes': float(minutes)} if minutes is not None else {'epochs': epochs}
+
 def sweep_spec(monkey: str, phase: str, trials: int, minutes: float | None, epochs: int | None, space,
                seed: int, val_every: int, data: Path, quick: bool, overrides: dict | None = None) -> dict:
     "A sweep's checked settings: what decides its results."
@@ -68,8 +72,8 @@ def sweep_spec(monkey: str, phase: str, trials: int, minutes: float | None, epoc
     space = check_space(SPACES[phase] if space is None else space, phase, monkey)
     both = sorted(set(space) & set(overrides))
     if both: raise ValueError(f"{both} are both searched (space) and fixed (overrides): choose one")
-    budget = {'max_minutes': float(minutes)} if minutes is not None else {'epochs': epochs}
-    phase_config(phase, monkey, quick=quick, val_every=val_every, **budget, **overrides)   # the rest checked
+    phase_config(phase, monkey, quick=quick, val_every=val_every, **_budget(minutes, epochs),
+                 **overrides)                                   # the other fields checked   # the rest checked
     return dict(monkey=monkey, phase=phase, trials=trials, minutes=minutes, epochs=epochs,
                 space={n: [k, v] for n, (k, v) in space.items()}, overrides=overrides, seed=seed,
                 val_every=val_every, data=str(data), quick=quick)
@@ -77,11 +81,8 @@ def sweep_spec(monkey: str, phase: str, trials: int, minutes: float | None, epoc
 def trial_config(spec: dict, params: dict) -> RunConfig:
     """One trial's configuration: the phase's preset, the sweep's budget, validation cadence and fixed
     `overrides`, then the trial's `params`."""
-    budget = (
-        {'max_minutes': float(spec['minutes'])} if spec['minutes'] is not None else {'epochs': spec['epochs']}
-    )
     return phase_config(spec['phase'], spec['monkey'], quick=spec['quick'], val_every=spec['val_every'],
-                        **budget, **spec['overrides'], **params)
+                        **_budget(spec['minutes'], spec['epochs']), **spec['overrides'], **params)
 
 # %% ../nbs/08_sweep.ipynb
 def check_address(address: str, timeout: float = 5.0):
