@@ -73,7 +73,7 @@ def sweep_spec(monkey: str, phase: str, trials: int, minutes: float | None, epoc
     both = sorted(set(space) & set(overrides))
     if both: raise ValueError(f"{both} are both searched (space) and fixed (overrides): choose one")
     phase_config(phase, monkey, quick=quick, val_every=val_every, **_budget(minutes, epochs),
-                 **overrides)                                   # the other fields checked   # the rest checked
+                 **overrides)                                   # the rest checked   # the rest checked
     return dict(monkey=monkey, phase=phase, trials=trials, minutes=minutes, epochs=epochs,
                 space={n: [k, v] for n, (k, v) in space.items()}, overrides=overrides, seed=seed,
                 val_every=val_every, data=str(data), quick=quick)
