@@ -17,13 +17,13 @@ from .config import RunConfig, phase_config
 from .data import load_monkey
 from .synthetic import ensure_synthetic, synthetic_info
 from .runs import read_json, read_config, code_fingerprint, load_run, _git_commit
-from .train import fit, score_sessions
+from .train import fit, score_sessions, final_config
 from .evaluate import evaluate, load_test_sets
 
 # %% auto 0
-__all__ = ['MODELS', 'ABLATIONS', 'BUDGETS', 'DRAWS', 'MONKEYS', 'CLOSED_FORM', 'BASELINES', 'split_ensemble', 'phase_model',
-           'accuracy_config', 'draw_data', 'cell_dir', 'time_to', 'preset_changes', 'score_cell', 'trial_counts',
-           'code_dir', 'run', 'add_ratios', 'md_table', 'plot', 'write_report', 'main']
+__all__ = ['MODELS', 'ABLATIONS', 'BUDGETS', 'DRAWS', 'MONKEYS', 'CLOSED_FORM', 'BASELINES', 'split_ensemble', 'split_final',
+           'phase_model', 'accuracy_config', 'draw_data', 'cell_dir', 'time_to', 'preset_changes', 'score_cell',
+           'trial_counts', 'code_dir', 'run', 'add_ratios', 'md_table', 'plot', 'write_report', 'main']
 
 # %% ../nbs/13_accuracy.ipynb
 MODELS = ('persistence', 'ridge', 'gru', 'paper', 'reference', 'compete')
@@ -56,10 +56,23 @@ def split_ensemble(name: str) -> tuple[str, int]:
         )
     return base, k
 
+def split_final(name: str) -> tuple[str, bool]:
+    "`(row, True)` of a final-fit row: `compete-final` retrains the `compete` row's run on every trial."
+    if not name.endswith('-final'): return name, False
+    base = name[: -len('-final')]
+    if base in CLOSED_FORM or split_ensemble(base)[1] > 1:
+        raise ValueError(f"Final-fit row {name!r}: a final fit retrains one trained run, expected "
+                         f"<row>-final of a trained single-seed row, found {base!r}")
+    return base, True
+
+def _base(name: str) -> str:
+    "The row a name builds on: `compete` of `compete-x3` and of `compete-final`."
+    return split_ensemble(split_final(name)[0])[0]
+
 def phase_model(name: str) -> tuple[str, str, dict]:
     """(phase, model, overrides) of a benchmark row: a baseline under the `paper` phase's data settings, an
-    AMAG phase, an ablation of one, or a seed ensemble of any of these."""
-    name = split_ensemble(name)[0]
+    AMAG phase, an ablation of one, a seed ensemble of any of these, or a final fit of one."""
+    name = _base(name)
     if name in BASELINES: return 'paper', name, {}
     if name in ('paper', 'reference', 'compete'): return name, 'amag', {}
     if name in ABLATIONS: return ABLATIONS[name][0], 'amag', dict(ABLATIONS[name][1])
@@ -121,14 +134,16 @@ def score_cell(run_dir: Path | list[Path], data_dir: Path, data=None) -> dict:
     r = get('total', 'oracle_ratio')
     row['÷ oracle'] = float(r.iloc[0]) if len(r) else math.nan
     row['first-bin mse'] = float(np.mean([get(t, 'mse_step10').iloc[0] for t in files]))
-    stop = lambda m: 'budget' if m.get('stopped_by_budget') else 'early' if m['stopped_early'] else 'epochs'
+    stop = lambda m: ('final fit' if m.get('final_fit') else 'budget' if m.get('stopped_by_budget')
+                      else 'early' if m['stopped_early'] else 'epochs')
     env = ms[0].get('environment', {})
     row.update(changes=preset_changes(dirs[0]), device=env.get('device_name', env.get('device', '?')),
                commit=(env.get('git_commit') or '?')[:8])
     if len(dirs) == 1:
         m = ms[0]
         return dict(row, epochs=m['epochs_run'], wall_s=m.get('wall_seconds', m['train_seconds']),
-                    stopped=stop(m), members='+'.join(m['members']), val_total=m['val']['total'],
+                    stopped=stop(m), members='+'.join(m['members']),
+                    val_total=m['val']['total'] if m['val'] else math.nan,   # a final fit: none
                     seed=m['seed'])
     if data is None: raise ValueError("An ensemble's validation total needs the run's `data`")
     runs = [load_run(d) for d in dirs]
@@ -155,7 +170,7 @@ def code_dir(runs_dir: str | Path) -> Path:
 
 def _order(df: pd.DataFrame) -> pd.DataFrame:
     rank = {n: i for i, n in enumerate([*MODELS, *ABLATIONS])}
-    order = lambda n: rank.get(n, rank.get(split_ensemble(n)[0], len(rank)) + 0.5)   # ensembles: after theirs
+    order = lambda n: rank.get(n, rank.get(_base(n), len(rank)) + 0.5)   # ensembles, final fits: after
     key = lambda c: c.map(order) if c.name == 'model' else c.map(MONKEYS.index) if c.name == 'monkey' else c
     return df.sort_values(['draw', 'monkey', 'budget_min', 'model'], key=key).reset_index(drop=True)
 
@@ -171,6 +186,7 @@ def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='
     for i, (draw, monkey, budget, name) in enumerate(cells):
         data_dir = draw_data(draw, monkey)
         base, k = split_ensemble(name)                      # K seeds of budget / K each (K = 1: one run)
+        base, final = split_final(base)                     # a final fit: of the `base` cell's run
         cfg = accuracy_config(base, monkey, budget / k, quick)
         dirs = [cell_dir(root, draw, monkey, budget / k, base, seed + j) for j in range(k)]
         t0 = time.time()
@@ -184,6 +200,13 @@ def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='
         for j, d in enumerate(dirs):
             with contextlib.redirect_stdout(io.StringIO()):
                 fit(cfg, loaded[split], d, seed + j, device, resume=True, progress=False)
+        if final:                                           # every trial: the validation trials train too
+            if (draw, monkey, 'final') not in loaded:
+                loaded[draw, monkey, 'final'] = load_monkey(data_dir, monkey, final=True)
+            fcfg, d = final_config(dirs[0]), cell_dir(root, draw, monkey, budget, name, seed)
+            with contextlib.redirect_stdout(io.StringIO()):
+                fit(fcfg, loaded[draw, monkey, 'final'], d, seed, device, resume=True, progress=False)
+            dirs = [d]
         # an ensemble's row names its seeds' runs, joined by ` + `
         rel = ' + '.join(str(d.relative_to(root)) for d in dirs)
         row = dict(draw=draw, monkey=monkey, budget_min=budget, model=name, run=rel, trials=trials[split],
@@ -206,7 +229,8 @@ def add_ratios(df: pd.DataFrame, runs: Path) -> pd.DataFrame:
     key = lambda r: (r.draw, r.monkey, r.budget_min)
     gru = {key(r): r for r in df[df.model == 'gru'].itertuples()}
     best = {}
-    for r in df[df.model.map(lambda n: split_ensemble(n)[0] in BASELINES)].itertuples():
+    scored = df.val_total.notna()                              # not a final fit: it has no validation
+    for r in df[df.model.map(lambda n: split_ensemble(n)[0] in BASELINES) & scored].itertuples():
         if key(r) not in best or r.val_total < best[key(r)].val_total: best[key(r)] = r
     ratio, base, reach = [], [], []
     for r in df.itertuples():
@@ -264,9 +288,10 @@ def plot(df: pd.DataFrame, runs: Path, path: Path):
     monkeys = list(dict.fromkeys(df.monkey))
     names = [*MODELS, *ABLATIONS]
     colors = dict(zip(names, plt.get_cmap('tab20').colors))          # one colour per row name in every panel
-    color = lambda name: colors.get(split_ensemble(name)[0])         # an ensemble: its row's colour, dotted
-    # ablations dashed, ensembles dotted
-    style = lambda name: ':' if split_ensemble(name)[1] > 1 else '--' if name in ABLATIONS else '-'
+    color = lambda name: colors.get(_base(name))     # an ensemble, a final fit: its row's colour
+    # ablations dashed, ensembles dotted, final fits dash-dotted
+    style = lambda name: (':' if split_ensemble(name)[1] > 1 else '-.' if split_final(name)[1]
+                          else '--' if name in ABLATIONS else '-')
     fig, axes = plt.subplots(len(monkeys), 2, figsize=(12, 4 * len(monkeys)), squeeze=False)
     for (ax1, ax2), monkey in zip(axes, monkeys):
         d = df[df.monkey == monkey]
@@ -278,7 +303,8 @@ def plot(df: pd.DataFrame, runs: Path, path: Path):
         ax1.legend(fontsize=8)
         top = d.budget_min.max()
         for r in d[(d.budget_min == top) | d.model.isin(CLOSED_FORM)].itertuples():
-            if r.draw != d.draw.min() or ' + ' in r.run: continue     # ensembles: see their seeds
+            # ensembles: see their seeds; final fits: no validation curve
+            if r.draw != d.draw.min() or ' + ' in r.run or split_final(r.model)[1]: continue
             if r.model in CLOSED_FORM:
                 ax2.axhline(r.val_total, ls='--', lw=1, color=color(r.model),
                             label=f'{r.model} (closed form)')
@@ -335,7 +361,9 @@ def write_report(
             ' epochs fit in it varies with the load (the table lists them; `wall_s` shows a first epoch that'
             ' outlasts the budget), so the shortest budgets are noisy. A row `<name>-x<K>` is a seed'
             ' ensemble: K seeds of `<name>`, each trained for budget / K, forecasting their mean; its epochs,'
-            ' stops and members list each seed\'s, `wall_s` is their sum.'
+            ' stops and members list each seed\'s, `wall_s` is their sum. A row `<name>-final` is a final'
+            ' fit: the `<name>` run retrained on every training trial, validation trials included, for the'
+            ' epochs its validation chose; it has no validation score (–); its `wall_s` is its own training.'
         ),
         '',
     ]

@@ -87,6 +87,10 @@ class RunConfig(Config):
     cross_val_frac: float = 0.2
     split_seed: int = 0                 # the split never depends on the run's seed
     train_limit: int | None = None  # use at most this many training trials per day (quick runs); None = all
+    # a final fit (`neurofc.train.final_config`): every training trial trains, validation trials included;
+    # `epochs` fixed beforehand by a validated run; no validation, so no early stopping and no score
+    final_fit: bool = False
+    final_of: str | None = None         # the validated run a final fit retrains (its directory)
     # --- engine: memory and speed only (`neurofc.fast.accelerate`); no setting below changes a result
     adaptor_chunk: int = 0              # target channels per Adaptor tile, 0 = automatic
     checkpoint: bool = False            # keep no Adaptor pair activations (recompute them in backward)
@@ -158,6 +162,15 @@ class RunConfig(Config):
             raise ValueError(f"batch_size must be >= 1, found {self.batch_size}")
         if 'ema' in self.predictor and self.ema_decay == 0:
             raise ValueError(f"predictor {self.predictor!r} needs EMA weights: set ema_decay > 0")
+        if self.final_fit and self.max_minutes is not None:
+            raise ValueError(
+                f"final_fit trains for the epochs a validated run chose: max_minutes must be None, found"
+                f" {self.max_minutes}"
+            )
+        if self.final_of is not None and not self.final_fit:
+            raise ValueError(
+                f"final_of ({self.final_of!r}) names the source of a final fit: it needs final_fit=True"
+            )
         if self.snapshots and self.scheduler != 'cosine':
             raise ValueError(
                 f"snapshots ({self.snapshots}) are taken at cosine cycle minima: they need"
@@ -342,7 +355,7 @@ SPACES = {
 _NOT_SEARCHED = {
     **dict.fromkeys(('phase', 'model', 'monkey'), "a parameter of the sweep itself"),
     **dict.fromkeys(('epochs', 'max_minutes'), "set by the sweep's budget per trial"),
-    **dict.fromkeys(('val_frac', 'cross_val_frac', 'split_seed', 'train_limit'),
+    **dict.fromkeys(('val_frac', 'cross_val_frac', 'split_seed', 'train_limit', 'final_fit', 'final_of'),
                     "the split: every trial must be scored on the same validation trials"),
     **dict.fromkeys(('adaptor_chunk', 'checkpoint', 'encoder_tile', 'encoder_keep_mb', 'amp', 'compile',
                      'cooldown_s', 'max_gpu_temp'), "an engine setting: it changes speed and memory only"),

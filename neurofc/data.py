@@ -318,7 +318,9 @@ class MonkeyData:
         return dict(monkey=self.monkey, days=self.keys, files=files)
 
 def load_monkey(data_dir: str | Path, monkey: str, val_frac: float = 0.1, cross_val_frac: float = 0.2,
-                split_seed: int = 0) -> MonkeyData:
+                split_seed: int = 0,
+                final: bool = False,  # a final fit: every trial trains, none validates (the fractions unused)
+               ) -> MonkeyData:
     "Load, split and summarise the training sessions of `monkey` in `data_dir`."
     m = get_monkey(monkey)
     paths = {s.key: session_path(data_dir, s, 'train') for s in find_sessions(data_dir, monkey)}
@@ -326,7 +328,9 @@ def load_monkey(data_dir: str | Path, monkey: str, val_frac: float = 0.1, cross_
     splits = make_splits(
         {k: len(v) for k, v in arrays.items()}, m.main.key, val_frac, cross_val_frac, split_seed
     )
+    if final: splits = {k: (np.arange(len(v)), np.arange(0)) for k, v in arrays.items()}
     for k, (tr, va) in splits.items():
+        if final: continue
         name, frac = ('val_frac', val_frac) if k == m.main.key else ('cross_val_frac', cross_val_frac)
         if len(arrays[k]) < 2:
             raise ValueError(

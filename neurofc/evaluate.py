@@ -82,8 +82,10 @@ def load_test_sets(data_dir: str | Path, monkey: str) -> dict[str, dict]:
 
 # %% ../nbs/09_evaluate.ipynb
 def run_group(metrics: dict) -> str:
-    "The table group of a run (from its `metrics.json`): its phase for AMAG, else its baseline's name."
-    return metrics['phase'] if metrics['model'] == 'amag' else metrics['model']
+    """The table group of a run (from its `metrics.json`): its phase for AMAG, else its baseline's name;
+    `-final` marks a final fit (trained on the validation trials too: it has no validation score)."""
+    who = metrics['phase'] if metrics['model'] == 'amag' else metrics['model']
+    return who + ('-final' if metrics.get('final_fit') else '')
 
 def _row(who: dict, test_set: str, kind: str, metric: str, value: float) -> dict:
     "One tidy row: who predicted (model, group, seeds, members), on which test set, which metric, its value."

@@ -187,7 +187,9 @@ def verify_run(run_dir: str | Path, data: dict | None = None, code: str = 'warn'
 
 # %% ../nbs/06a_runs.ipynb
 def run_name(cfg: RunConfig, seed: int) -> str:
-    return f"{cfg.monkey}-{cfg.phase if cfg.model == 'amag' else cfg.model}-seed{seed}"
+    "A run's directory name: monkey, phase (or baseline), `-final` for a final fit, seed."
+    who = cfg.phase if cfg.model == 'amag' else cfg.model
+    return f"{cfg.monkey}-{who}{'-final' if cfg.final_fit else ''}-seed{seed}"
 
 # %% ../nbs/06a_runs.ipynb
 def atomic_save(obj, path: Path):
@@ -313,15 +315,17 @@ def write_history(path: Path, rows: list[dict]):
 
 # %% ../nbs/06a_runs.ipynb
 def members_of(cfg: RunConfig, run_dir: Path) -> list[str]:
-    """Checkpoint files that `cfg.predictor` averages, among those present in `run_dir` (falls back to
-    `best.pt`)."""
+    """Checkpoint files that `cfg.predictor` averages, among those present in `run_dir` (falls back to the raw
+    weights). A final fit has no best epoch: its raw and EMA weights are those of its last (`final.pt`,
+    `ema_final.pt`)."""
+    raw, ema = ('final.pt', 'ema_final.pt') if cfg.final_fit else ('best.pt', 'ema_best.pt')
     names = []
     for part in cfg.predictor.split('+'):
         if part == 'snapshots': names += sorted(p.name for p in run_dir.glob('snapshot_*.pt'))
-        elif part == 'ema': names.append('ema_best.pt')
-        else: names.append('best.pt')
+        elif part == 'ema': names.append(ema)
+        else: names.append(raw)
     names = [n for n in names if (run_dir / n).exists()]
-    return names or ['best.pt']
+    return names or [raw]
 
 def load_run(run_dir: str | Path, device: str = 'cpu', members: list[str] | None = None,
              # check a finished run's seal first (off only right after `resolve_runs` checked it)

@@ -244,6 +244,7 @@ def write_preset(path: Path, spec: dict, row: pd.Series, sweep: str) -> Path:
         val_total=float(row['val_total']),
         budget={'minutes': spec['minutes'], 'epochs': spec['epochs']},
         quick=spec['quick'],
+        run=str(row.get('run') or ''),   # the trial's run (`train.ipynb -p final_fit <run>`: a final fit)
     )
     path.write_text(json.dumps(preset, indent=1) + '\n')
     return path

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_train.ipynb 2
 from __future__ import annotations
-import ast, copy, dataclasses, json, math, os, sys, time
+import ast, copy, csv, dataclasses, json, math, os, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,11 @@ from neurofc.runs import (
     write_history,
     members_of,
     load_run,
+    read_json,
+    read_config,
+    fingerprint_diff,
+    code_diff,
+    RESUME_IGNORES,
 )
 from .config import RunConfig, phase_config, build_model
 from .fast import accelerate
@@ -38,7 +43,8 @@ from .losses import forecast_mse, forecast_huber, mmd_loss, spectral_loss, varia
 # %% auto 0
 __all__ = ['LineProgress', 'progress_bar', 'lr_factor', 'is_cycle_end', 'ema_decay', 'EMA', 'augment', 'mixup', 'score_sessions',
            'persistence', 'score_weights', 'loss_weight', 'augments', 'make_optimizer', 'TrainStep', 'Run',
-           'limit_train', 'fit', 'close_run', 'stackable', 'StackedStep', 'finish_run', 'check_seeds', 'train_seeds']
+           'limit_train', 'check_holdout', 'fit', 'close_run', 'stackable', 'StackedStep', 'finish_run', 'check_seeds',
+           'train_seeds', 'final_epochs', 'final_config', 'check_final_data']
 
 # %% ../nbs/07_train.ipynb
 def _in_kernel() -> bool:
@@ -423,6 +429,9 @@ class Run:
         """Score the members, write `metrics.json`, mark the run done and seal it (every file hashed and
         read-only)."""
         n_params = sum(p.numel() for p in self.model.parameters())
+        if self.cfg.final_fit:           # no best epoch: the last epoch's raw and EMA weights forecast
+            atomic_save(self.model.state_dict(), self.dir / 'final.pt')
+            if self.step.ema: atomic_save(self.step.ema.state_dict(), self.dir / 'ema_final.pt')
         metrics = finish_run(self.cfg, self.data, self.dir, self.dev, self.state, self.seed, n_params)
         self.state['done'] = True
         self.save()
@@ -436,11 +445,23 @@ def limit_train(data: MonkeyData, cfg: RunConfig) -> MonkeyData:
     if not cfg.train_limit: return data
     return dataclasses.replace(data, train={k: v[: cfg.train_limit] for k, v in data.train.items()})
 
+def check_holdout(cfg: RunConfig, data: MonkeyData, run_dir: Path):
+    """A run chooses its checkpoints on validation trials; a final fit has none (`load_monkey(final=True)`):
+    anything else is an error naming the run."""
+    n = sum(len(v) for v in data.val.values())
+    if cfg.final_fit and n:
+        raise ValueError(f"{Path(run_dir).name}: a final fit trains on every trial: expected no validation "
+                         f"trials (load_monkey(..., final=True)), found {n}")
+    if not cfg.final_fit and not n:
+        raise ValueError(f"{Path(run_dir).name}: expected validation trials to choose checkpoints on, found "
+                         "none (a run without them is a final fit: final_fit=True, `final_config`)")
+
 # %% ../nbs/07_train.ipynb
 def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, device: str = 'auto',
         resume: bool = False, progress: bool = True, callback=None) -> dict:
     "Train `cfg` on `data` into `run_dir`; returns the final metrics (also in `metrics.json`)."
     run_dir, dev = resolve_path(run_dir), get_device(device)
+    check_holdout(cfg, data, run_dir)
     data = limit_train(data, cfg)
     fingerprint = run_fingerprint(data)
     # verifies an existing run before anything is written
@@ -459,8 +480,8 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
         row = run.train_epoch(epoch)
         spent = run.state.get('wall_s', 0.0) + time.time() - t0
         out_of_time = cfg.max_minutes is not None and spent >= 60 * cfg.max_minutes   # this epoch is the last
-        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs or out_of_time:
-            run.validate(epoch, row)
+        last = epoch + 1 == cfg.epochs or out_of_time
+        if not cfg.final_fit and ((epoch + 1) % cfg.val_every == 0 or last): run.validate(epoch, row)
         if cfg.snapshots and is_cycle_end(cfg, epoch): run.snapshot(epoch)
         run.state['wall_s'] = row['wall_s'] = run.state.get('wall_s', 0.0) + time.time() - t0
         if out_of_time: run.state['stopped_by_budget'] = True
@@ -555,11 +576,10 @@ class StackedStep:
         }
 
 # %% ../nbs/07_train.ipynb
-def finish_run(cfg, data, run_dir, dev, state, seed, n_params) -> dict:
-    """Score every member and the configured predictor on validation; write `metrics.json`. The predictor's
-    members (EMA, snapshots) are used only when they beat the raw best weights on validation."""
+def _choose_members(cfg, data, run_dir, dev, snapshots) -> tuple[list, list, dict, dict]:
+    "(chosen, configured, validation scores by member, validation scores of the chosen) of a validated run."
     main = data.keys[0]
-    all_members = [n for n in ['best.pt', 'ema_best.pt', *state['snapshots']] if (run_dir / n).exists()]
+    all_members = [n for n in ['best.pt', 'ema_best.pt', *snapshots] if (run_dir / n).exists()]
     by_member = {n: score_sessions(load_run(run_dir, dev, [n]).predict, data.val, main) for n in all_members}
     configured = members_of(cfg, run_dir)
     val = (
@@ -570,6 +590,15 @@ def finish_run(cfg, data, run_dir, dev, state, seed, n_params) -> dict:
     chosen = configured
     if configured != ['best.pt'] and 'best.pt' in by_member and by_member['best.pt']['total'] <= val['total']:
         chosen, val = ['best.pt'], by_member['best.pt']
+    return chosen, configured, by_member, val
+
+def finish_run(cfg, data, run_dir, dev, state, seed, n_params) -> dict:
+    """Score every member and the configured predictor on validation; write `metrics.json`. The predictor's
+    members (EMA, snapshots) are used only when they beat the raw best weights on validation. A final fit has
+    no validation: it forecasts with the members its source chose (`final_config`), and has no scores."""
+    main = data.keys[0]
+    if cfg.final_fit: chosen = configured = members_of(cfg, run_dir)
+    else: chosen, configured, by_member, val = _choose_members(cfg, data, run_dir, dev, state['snapshots'])
     synthetic = data.source is not None and (Path(data.source) / f'synthetic_{cfg.monkey}.json').exists()
     metrics = dict(
         run=run_dir.name,
@@ -581,11 +610,14 @@ def finish_run(cfg, data, run_dir, dev, state, seed, n_params) -> dict:
         synthetic=synthetic,
         members=chosen,
         configured_members=configured,
-        val=val,
-        val_by_member=by_member,
-        persistence=score_sessions(persistence, data.val, main),
+        final_fit=cfg.final_fit,  # no validation: val, val_by_member and persistence are None
+        final_of=cfg.final_of,
+        val=None if cfg.final_fit else val,
+        val_by_member=None if cfg.final_fit else by_member,
+        persistence=None if cfg.final_fit else score_sessions(persistence, data.val, main),
         epochs_run=state['epoch'],
         best_epoch=state['best_epoch'],
+        best_ema_epoch=state.get('best_ema_epoch', -1),
         stopped_early=bool(state.get('stopped_early', False)),
         stopped_by_budget=bool(state.get('stopped_by_budget', False)),
         stopped_by_scheduler=bool(state.get('stopped_by_scheduler', False)),   # a sweep's ASHA
@@ -629,10 +661,58 @@ def train_seeds(
     """Train one run per seed (`seeds`: an int or a list; data loaded once, the same split for all); returns
     the run directories."""
     seeds = check_seeds(seeds)
-    data = load_monkey(data_dir, cfg.monkey, cfg.val_frac, cfg.cross_val_frac, cfg.split_seed)
+    data = load_monkey(data_dir, cfg.monkey, cfg.val_frac, cfg.cross_val_frac, cfg.split_seed, cfg.final_fit)
+    if cfg.final_of: check_final_data(cfg.final_of, data)
     dirs = []
     for seed in seeds:
         d = resolve_path(runs_dir) / run_name(cfg, seed)
         fit(cfg, data, d, seed, device, resume, progress)
         dirs.append(d)
     return dirs
+
+# %% ../nbs/07_train.ipynb
+def final_epochs(run_dir: str | Path) -> int:
+    """The epochs that the finished, validated run `run_dir` chose for the members it forecasts with: the
+    latest of its best raw epoch, its best EMA epoch and its last kept snapshot's cycle end (from 1)."""
+    run_dir = resolve_path(run_dir)
+    m = read_json(run_dir / 'metrics.json', 'the metrics of a finished neurofc run')
+    cfg = read_config(run_dir)
+    if m.get('final_fit'):
+        raise ValueError(f"{run_dir} is itself a final fit: no validation chose its epochs (retrain its "
+                         f"source, {m.get('final_of')})")
+    if cfg.model in ('ridge', 'persistence'): return 1
+    ends = []
+    for name in m['members']:
+        if name == 'best.pt': ends.append(m['best_epoch'] + 1)
+        elif name == 'ema_best.pt':      # older metrics lack best_ema_epoch: the history has the curve
+            e = m.get('best_ema_epoch')
+            if e is None:
+                with open(run_dir / 'history.csv') as f:
+                    rows = [r for r in csv.DictReader(f) if r.get('val_ema_total')]
+                e = int(min(rows, key=lambda r: float(r['val_ema_total']))['epoch'])
+            ends.append(e + 1)
+        else: ends.append((int(name.split('_')[1].split('.')[0]) + 1) * cfg.t0)   # snapshot_<k>.pt
+    return max(ends)
+
+def final_config(run_dir: str | Path, **overrides) -> RunConfig:
+    """The final fit of the finished run `run_dir`: its configuration on every training trial for
+    `final_epochs(run_dir)` epochs (no budget), forecasting with the kind of members it chose. `overrides`:
+    the epochs, and engine settings (speed and memory) only."""
+    run_dir = resolve_path(run_dir)
+    allowed = [f for f in RESUME_IGNORES if f != 'max_minutes']     # the epochs, speed and memory
+    if bad := sorted(set(overrides) - set(allowed)):
+        raise ValueError(f"A final fit retrains the configuration that {run_dir} validated: only {allowed} "
+                         f"may change, found {bad}")
+    epochs = final_epochs(run_dir)
+    m, cfg = read_json(run_dir / 'metrics.json'), read_config(run_dir)
+    predictor = cfg.predictor if m['members'] == m['configured_members'] else 'best'  # what validation chose
+    return cfg.replace(final_fit=True, final_of=str(run_dir), predictor=predictor, epochs=epochs,
+                       max_minutes=None, **overrides)
+
+def check_final_data(source: str | Path, data: MonkeyData):
+    "A final fit trains on exactly the files its source run trained on (no day added or missing)."
+    saved = read_json(Path(source) / 'fingerprint.json', 'the fingerprint of a neurofc run')
+    diffs = fingerprint_diff(saved, dict(data=data.fingerprint(), code=saved['code']), code=False)
+    if diffs:
+        raise ValueError(f"A final fit of {source} must train on the files it was validated on; "
+                         f"{data.source} differs:\n" + '\n'.join(f"  - {d}" for d in diffs))

@@ -15,7 +15,11 @@ def report(tmp_path_factory):
     from neurofc.fixtures import quick_runs
     from neurofc.demo import render_report
     tmp = tmp_path_factory.mktemp('report')
+    from neurofc.fixtures import synthetic_dir
+    from neurofc.train import final_config, train_seeds
     dirs = quick_runs('beignet', tmp / 'runs') + quick_runs('beignet', tmp / 'runs', models=('paper',), seeds=(1,))
+    compete = next(d for d in dirs if d.name == 'beignet-compete-seed0')   # and its final fit: no validation score
+    dirs += train_seeds(final_config(compete), synthetic_dir('beignet'), 0, tmp / 'runs', 'cpu', progress=False)
     return render_report('beignet', dirs, out=tmp / 'beignet-phases')
 
 
@@ -30,6 +34,9 @@ def test_report_html(report):
     assert 'def ' not in text and 'import ' not in text                  # rendered without code
     # a model with two seeds is summarised by their ensemble, never by the seed that scored best on the test files
     assert 'Phase 1</strong> (<code>paper (2 seeds)</code>)' in html
+    # a final fit is listed, marked, and never chosen (it has no validation score)
+    assert 'compete-final seed0' in html and 'Phase 2</strong> (<code>compete seed0</code>)' in html
+    assert 'Final fits (<code>compete-final</code>): trained on every training trial' in html
 
 
 @pytest.mark.skipif(CHROMIUM is None and not os.environ.get('NEUROFC_REQUIRE_BROWSER'),

@@ -174,6 +174,32 @@ def test_cli_export(world, tmp_path):
     with contextlib.redirect_stdout(io.StringIO()): assert main(argv + ['--overwrite']) == 0
 
 
+def test_final_fit_from_the_notebook_exports_and_passes_ingestion(world, tmp_path):
+    "train.ipynb -p final_fit: the validated run retrained on every trial; exported, ingested in isolation, scored as evaluate scores it."
+    import nbformat, papermill as pm
+    src = world.runs['beignet-compete'][0]
+    pm.execute_notebook(str(ROOT / 'nbs' / 'train.ipynb'), str(tmp_path / 'train.ipynb'), kernel_name='python3',
+                        progress_bar=False, cwd=str(ROOT / 'nbs'),
+                        parameters=dict(final_fit=str(src), data_dir=str(world.data), runs_dir=str(tmp_path / 'runs'),
+                                        device='cpu', seeds=5))
+    final = tmp_path / 'runs' / 'beignet-compete-final-seed5'
+    m = json.loads((final / 'metrics.json').read_text())
+    src_m = json.loads((src / 'metrics.json').read_text())
+    assert (m['final_fit'], m['final_of'], m['val'], m['epochs_run']) == (True, str(src), None, src_m['best_epoch'] + 1)
+    out = json.dumps([c.get('outputs') for c in nbformat.read(tmp_path / 'train.ipynb', as_version=4).cells])
+    assert 'A final fit has no validation score' in out
+    runs = {'affi': world.runs['affi-ridge'], 'beignet': [final]}
+    z = export_submission(runs, tmp_path / 'sub')
+    res = run_ingestion(z, world.data, tmp_path / 'ingest', threads=1)
+    _check_isolated(res, tmp_path / 'ingest')
+    scores = score_predictions(res['output_dir'], world.data)
+    ev = evaluate([final], world.data, save=False)
+    for name in ('beignet', 'beignet_private_1', 'beignet_private_2'):
+        assert scores[name] == pytest.approx(_mse(ev, 'compete-final seed5', name), rel=1e-4), name
+    argv = ['export', '--affi', str(world.runs['affi-ridge'][0]), '--beignet', str(final), '--out', str(tmp_path / 'cli')]
+    with contextlib.redirect_stdout(io.StringIO()): assert main(argv) == 0          # `neurofc export` takes it
+
+
 @pytest.mark.slow
 def test_phase2_quick_runs_end_to_end(world, tmp_path):
     "Quick Phase 2 AMAG runs of both monkeys through export, the isolated ingestion and scoring, against evaluate."
