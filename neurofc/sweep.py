@@ -17,7 +17,8 @@ from .train import fit, close_run
 
 # %% auto 0
 __all__ = ['need_ray', 'tune_space', 'preset_point', 'sweep_spec', 'trial_config', 'check_address', 'ray_temp', 'start_ray',
-           'run_trial', 'Progress', 'trial_table', 'write_preset', 'load_preset', 'run_sweep', 'render_sweep']
+           'run_trial', 'Progress', 'trial_table', 'write_preset', 'load_preset', 'run_sweep', 'log_session',
+           'sweep_table', 'write_sweeps', 'render_sweep']
 
 # %% ../nbs/08_sweep.ipynb
 def need_ray():
@@ -289,6 +290,7 @@ def run_sweep(
     quick: bool = False,              # the phase's quick settings (tests, smoke runs)
 ) -> pd.DataFrame:
     "Run (or resume) a sweep; returns its table of trials (also `trials.csv`) and writes `best.json`."
+    t0 = time.time()
     tune = need_ray()
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -302,7 +304,8 @@ def run_sweep(
                       data_source(data_dir, monkey), quick, overrides)
     name = name or f"{monkey}-{phase}"
     root = resolve_path(runs_dir) / 'sweeps' / name
-    print(f"Ray: {start_ray(address, runs_dir)}")  # an unreachable cluster fails before anything is written
+    where = start_ray(address, runs_dir)          # an unreachable cluster fails before anything is written
+    print(f"Ray: {where}")
     if (root / 'sweep.json').exists():
         old = read_json(root / 'sweep.json', "a sweep's settings")
         diff = [f"{k}: {old.get(k)!r} then, {v!r} now" for k, v in spec.items() if old.get(k) != v]
@@ -354,7 +357,62 @@ def run_sweep(
     table.to_csv(root / 'trials.csv', index=False)
     ok = table.dropna(subset=['val_total'])
     if len(ok): write_preset(root / 'best.json', spec, ok.loc[ok.val_total.idxmin()], name)
+    log_session(root, t0, where, cpus, gpus)
     return table
+
+# %% ../nbs/08_sweep.ipynb
+def log_session(root: Path, t0: float, where: str, cpus: float, gpus: float):
+    "Append this invocation of the sweep in `root` (started at `t0`) to `sessions.csv`."
+    import platform, datetime
+    from neurofc.runs import _git_commit
+    row = dict(started=datetime.datetime.fromtimestamp(t0).isoformat(timespec='seconds'),
+               wall_s=round(time.time() - t0, 1), ray=where, cpus=cpus, gpus=gpus,
+               machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+               commit=(_git_commit() or '?')[:8])
+    path = Path(root) / 'sessions.csv'
+    pd.DataFrame([row]).to_csv(path, mode='a', header=not path.exists(), index=False)
+
+def sweep_table(runs_dir: str | Path = 'runs') -> pd.DataFrame:
+    """One row per sweep in `runs_dir/sweeps` with a finished session: its settings, trials by state, sessions
+    and their wall-clock minutes, the best validation total and, when trial 1 is the preset, the preset's."""
+    rows = []
+    for path in sorted((resolve_path(runs_dir) / 'sweeps').glob('*/sessions.csv')):
+        root = path.parent
+        spec = json.loads((root / 'sweep.json').read_text())
+        t, ses = pd.read_csv(root / 'trials.csv'), pd.read_csv(path)
+        space = {n: tuple(kv) for n, kv in spec['space'].items()}
+        first = t.sort_values('order').iloc[0]
+        preset = first.val_total if preset_point(spec['phase'], spec['monkey'], space) else math.nan
+        last = ses.iloc[-1]
+        rows.append(dict(
+            sweep=root.name, monkey=spec['monkey'], phase=spec['phase'], trials=len(t),
+            states=', '.join(f"{n} {s}" for s, n in t.state.value_counts().items()),
+            budget=f"{spec['minutes']:g} min" if spec['minutes'] else f"{spec['epochs']} epochs",
+            per_trial=f"{last.cpus:g} CPU" + (f", {last.gpus:g} GPU" if last.gpus else ''),
+            sessions=len(ses), wall_min=ses.wall_s.sum() / 60, best=t.val_total.min(), preset=preset,
+            gain=1 - t.val_total.min() / preset, ray=last.ray, machine=last.machine, commit=last.commit,
+            last=last.started))
+    return pd.DataFrame(rows)
+
+def write_sweeps(runs_dir: str | Path = 'runs', out: str | Path = 'reports') -> Path:
+    "`sweep_table(runs_dir)` as `sweeps.csv` and `sweeps.md` in `out`; returns the markdown's path."
+    t, out = sweep_table(runs_dir), resolve_path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t.to_csv(out / 'sweeps.csv', index=False)
+    fmt = dict(wall_min='{:.1f}', best='{:,.0f}', preset='{:,.0f}', gain='{:.1%}')
+    cell = lambda r, c: (fmt[c].format(r[c]) if pd.notna(r[c]) else '–') if c in fmt else str(r[c])
+    lines = [
+        '# Sweeps', '',
+        'Every sweep in `runs/sweeps/` (`neurofc.sweep.sweep_table`): its trials by state, the wall-clock'
+        ' minutes of its sessions (from the call to the table, Ray\'s start included; summed over resumed'
+        ' sessions), the lowest validation total MSE (raw units²; the test files are never read), trial 1\'s'
+        ' when it is the phase\'s preset under the same budget, and the gain over it.', '',
+        '| ' + ' | '.join(t.columns) + ' |',
+        '|' + '|'.join('--:' if c in fmt or c in ('trials', 'sessions') else ':--' for c in t.columns) + '|',
+    ]
+    lines += ['| ' + ' | '.join(cell(r, c) for c in t.columns) + ' |' for _, r in t.iterrows()]
+    (out / 'sweeps.md').write_text('\n'.join(lines) + '\n')
+    return out / 'sweeps.md'
 
 # %% ../nbs/08_sweep.ipynb
 def render_sweep(out: str | Path | None = None, **params) -> Path:

@@ -345,7 +345,7 @@ class Run:
         if self.dev.type == 'cuda': ck['cuda_rng'] = torch.cuda.get_rng_state()
         atomic_save(ck, self.dir / 'last.pt')
 
-    def resume(self) -> bool:
+    def resume(self, what: str = 'Resuming') -> bool:
         "Restore everything from `last.pt`; True when the run had already finished (killed before its seal)."
         ck = load_checkpoint(self.dir / 'last.pt', self.dev)
         self.model.load_state_dict(ck['model'])
@@ -359,7 +359,7 @@ class Run:
         self.state = ck['state']
         if self.state['done'] and (self.dir / 'metrics.json').exists(): return True
         self.state['segment'] = self.state.get('segment', 0) + 1
-        print(f"Resuming {self.dir.name} at epoch {self.state['epoch']}")
+        print(f"{what} {self.dir.name} at epoch {self.state['epoch']}")
         return False
 
     def train_epoch(self, epoch: int) -> dict:
@@ -507,7 +507,7 @@ def close_run(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int, 
     if prepare_run_dir(run_dir, cfg, True, run_fingerprint(data)) == 'finished':
         return finished_metrics(run_dir, cfg)
     run = Run(cfg, data, run_dir, seed, dev)
-    if run.resume(): return finished_metrics(run_dir, cfg)
+    if run.resume('Finishing'): return finished_metrics(run_dir, cfg)
     run.state['stopped_by_scheduler'] = True
     return run.finish()
 
