@@ -476,4 +476,9 @@ d = { 'settings': { 'branch': 'main',
                                'neurofc.train.score_sessions': ('train.html#score_sessions', 'neurofc/train.py'),
                                'neurofc.train.score_weights': ('train.html#score_weights', 'neurofc/train.py'),
                                'neurofc.train.stackable': ('train.html#stackable', 'neurofc/train.py'),
-                               'neurofc.train.train_seeds': ('train.html#train_seeds', 'neurofc/train.py')}}}
+                               'neurofc.train.train_seeds': ('train.html#train_seeds', 'neurofc/train.py')},
+            'neurofc.transfer': { 'neurofc.transfer.check_freeze': ('transfer.html#check_freeze', 'neurofc/transfer.py'),
+                                  'neurofc.transfer.load_partial': ('transfer.html#load_partial', 'neurofc/transfer.py'),
+                                  'neurofc.transfer.model_parts': ('transfer.html#model_parts', 'neurofc/transfer.py'),
+                                  'neurofc.transfer.set_frozen': ('transfer.html#set_frozen', 'neurofc/transfer.py'),
+                                  'neurofc.transfer.source_state': ('transfer.html#source_state', 'neurofc/transfer.py')}}}

@@ -91,6 +91,10 @@ class RunConfig(Config):
     # `epochs` fixed beforehand by a validated run; no validation, so no early stopping and no score
     final_fit: bool = False
     final_of: str | None = None         # the validated run a final fit retrains (its directory)
+    # --- transfer (`neurofc.transfer`): start from another run's weights, freeze parts for the first epochs
+    init_from: str | None = None        # a run directory or checkpoint; what fits by name and shape is loaded
+    freeze: tuple[str, ...] = ()        # model parts (`te`, `si`, `tr`, ... or dotted submodules) to freeze
+    freeze_epochs: int = 0              # ... for this many epochs, then train them too
     # --- engine: memory and speed only (`neurofc.fast.accelerate`); no setting below changes a result
     adaptor_chunk: int = 0              # target channels per Adaptor tile, 0 = automatic
     checkpoint: bool = False            # keep no Adaptor pair activations (recompute them in backward)
@@ -141,6 +145,7 @@ class RunConfig(Config):
             'grad_clip',
             'warmup',
             'patience',
+            'freeze_epochs',
             'snapshots',
             'population',
             'cooldown_s',
@@ -166,6 +171,11 @@ class RunConfig(Config):
             raise ValueError(
                 f"final_fit trains for the epochs a validated run chose: max_minutes must be None, found"
                 f" {self.max_minutes}"
+            )
+        if bool(self.freeze) != (self.freeze_epochs > 0):
+            raise ValueError(
+                f"freeze names parts frozen for the first freeze_epochs epochs: both or neither, found"
+                f" freeze={list(self.freeze)}, freeze_epochs={self.freeze_epochs}"
             )
         if self.final_of is not None and not self.final_fit:
             raise ValueError(
@@ -357,6 +367,7 @@ _NOT_SEARCHED = {
     **dict.fromkeys(('epochs', 'max_minutes'), "set by the sweep's budget per trial"),
     **dict.fromkeys(('val_frac', 'cross_val_frac', 'split_seed', 'train_limit', 'final_fit', 'final_of'),
                     "the split: every trial must be scored on the same validation trials"),
+    **dict.fromkeys(('init_from', 'freeze', 'freeze_epochs'), "where a run starts: not searched here"),
     **dict.fromkeys(('adaptor_chunk', 'checkpoint', 'encoder_tile', 'encoder_keep_mb', 'amp', 'compile',
                      'cooldown_s', 'max_gpu_temp'), "an engine setting: it changes speed and memory only"),
 }

@@ -54,7 +54,7 @@ def _git_commit() -> str | None:
         return None
 
 TRAINING_CODE = ('core', 'data', 'revin', 'amag', 'fast', 'models', 'infer', 'config', 'losses', 'runs',
-                 'train')
+                 'transfer', 'train')
 
 @functools.lru_cache(None)
 def code_fingerprint() -> dict:
@@ -238,11 +238,9 @@ def read_config(run_dir: Path) -> RunConfig:
 def config_diff(run_dir: Path, cfg: RunConfig) -> dict:
     """Fields (saved, requested) where `cfg` differs from the run's saved config, except budget, memory and
     speed."""
-    return {
-        k: (v, getattr(cfg, k))
-        for k, v in read_config(run_dir).to_dict().items()
-        if getattr(cfg, k) != v and k not in RESUME_IGNORES
-    }
+    now = cfg.to_dict()                  # JSON's values on both sides (a tuple field reads back as a list)
+    return {k: (v, now[k]) for k, v in read_config(run_dir).to_dict().items()
+            if now[k] != v and k not in RESUME_IGNORES}
 
 # %% ../nbs/06a_runs.ipynb
 def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, fingerprint: dict | None = None) -> str:

@@ -39,6 +39,7 @@ from neurofc.runs import (
 from .config import RunConfig, phase_config, build_model
 from .fast import accelerate
 from .losses import forecast_mse, forecast_huber, mmd_loss, spectral_loss, variance_weights
+from .transfer import source_state, load_partial, check_freeze, set_frozen
 
 # %% auto 0
 __all__ = ['LineProgress', 'progress_bar', 'lr_factor', 'is_cycle_end', 'ema_decay', 'EMA', 'augment', 'mixup', 'score_sessions',
@@ -309,6 +310,11 @@ class Run:
         self.router = SessionRouter(data.keys).fit(data.train)
         n_features = data.train[self.main].shape[-1]
         self.model = build_model(cfg, data.n_channels, len(data.keys), n_features, data).to(dev)
+        self.init = None              # partial loading from another run, before the EMA copies the weights
+        if cfg.init_from:
+            state, f = source_state(cfg.init_from)
+            self.init = load_partial(self.model, state, f)
+        self.frozen = check_freeze(self.model, cfg.freeze)
         self.step = TrainStep(cfg, self.model, dev, loss_weight(cfg, data, dev))
         self.batcher = DeviceBatcher(data.train, cfg.batch, dev, seed=seed, stats=data.stats)
         self.state = dict(
@@ -329,6 +335,7 @@ class Run:
         atomic_save(json.dumps(fingerprint, indent=1), self.dir / FINGERPRINT)
         atomic_save(json.dumps({k: s.to_dict() for k, s in self.data.stats.items()}), self.dir / 'stats.json')
         atomic_save(json.dumps(self.router.state_dict()), self.dir / 'router.json')
+        if self.init: atomic_save(json.dumps(self.init, indent=1), self.dir / 'init.json')
 
     def save(self):
         "`last.pt`: weights, optimiser, EMA, batcher and RNG states, and the run's state."
@@ -365,6 +372,8 @@ class Run:
     def train_epoch(self, epoch: int) -> dict:
         "One epoch of optimisation steps; its history row (the loss is read from the device once)."
         cfg, n_steps = self.cfg, len(self.batcher)
+        frozen = self.frozen if epoch < cfg.freeze_epochs else []
+        set_frozen(self.model, self.frozen, bool(frozen))          # unfrozen from epoch `freeze_epochs` on
         self.model.train()
         t0 = time.time()
         total = torch.zeros((), device=self.dev)
@@ -376,7 +385,7 @@ class Run:
         if not math.isfinite(loss):
             raise FloatingPointError(f"{self.dir.name}: the training loss is {loss} in epoch {epoch} (lr "
                                      f"{cfg.lr:g}, grad_clip {cfg.grad_clip:g}): the run diverged")
-        return dict(epoch=epoch, segment=self.state['segment'], train_loss=loss,
+        return dict(epoch=epoch, segment=self.state['segment'], train_loss=loss, frozen='+'.join(frozen),
                     lr=cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9, self.spent(t0)), seconds=time.time() - t0)
 
     def spent(self, t0: float) -> float:
