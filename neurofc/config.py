@@ -45,6 +45,9 @@ class RunConfig(Config):
     adj_mean: bool = True  # adjacency starts at correlation / C (sums over channels start as means)
     residual: bool = True               # forecast the change from the last context bin
     population: int = 0                 # width of the population pathway (a GRU over all channels); 0 = none
+    # --- the stitched model (`model='stitched'`, `neurofc.stitch`): per-array adapters around a latent graph
+    latents: int = 64                   # L, nodes of the shared latent graph
+    adapter: Literal['linear', 'attention'] = 'linear'
     # --- optimisation
     batch_size: int | None = None       # None: 16 for affi, 32 for beignet
     optimizer: Literal['adam', 'adamw'] = 'adam'
@@ -118,6 +121,7 @@ class RunConfig(Config):
             'layers',
             'd_ff',
             'channel_heads',
+            'latents',
             'epochs',
             'val_every',
             't0',
@@ -327,7 +331,7 @@ def phase_config(phase: str, monkey: str = 'beignet', quick: bool = False, **ove
             channel_heads=2,
             snapshots=QUICK['snapshots'] if base.get('snapshots') else 0,
         )
-        if model != 'amag':
+        if model in MODEL_DEFAULTS:                 # a baseline: its own sizes, at most the quick epochs
             base.update(
                 hidden=MODEL_DEFAULTS[model].get('hidden', 64),
                 epochs=min(MODEL_DEFAULTS[model]['epochs'], QUICK['epochs']),

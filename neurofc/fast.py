@@ -419,7 +419,7 @@ class FastSpatialInteraction(SpatialInteraction):
         else: a = (self.adaptor(hf) * self.A_a).transpose(1, 2) @ hf
         bias = self.beta[1] * self.fc_a.bias + (self.beta[2] * self.fc_m.bias if self.A_m is not None else 0)
         acc = (lambda z, x, w: z + x @ w) if _amp(h.device.type)[0] else torch.addmm
-        z = torch.addcmul(bias, self.beta[0], h).view(-1, d)
+        z = torch.addcmul(bias, self.beta[0], h).reshape(-1, d)        # `h` may be a strided view
         z = acc(z, a.reshape(-1, d), (self.beta[1] * self.fc_a.weight).T)
         if self.A_m is not None:
             m = (self.A_m.T.expand(B, C, C) @ hf).view(-1, d) * h.reshape(-1, d)

@@ -13,9 +13,10 @@ from torch import nn
 
 from .core import normalize, mask_future, T_CONTEXT
 from .amag import AMAG, correlation_adjacency
+from .stitch import ArrayAMAG
 
 # %% auto 0
-__all__ = ['AMAG_ARGS', 'MODELS', 'Persistence', 'RidgeAR', 'GRUBaseline', 'ModelSpec']
+__all__ = ['AMAG_ARGS', 'STITCHED_ARGS', 'MODELS', 'Persistence', 'RidgeAR', 'GRUBaseline', 'ModelSpec']
 
 # %% ../nbs/04b_models.ipynb
 class Persistence(nn.Module):
@@ -97,6 +98,8 @@ def _init_ridge(kwargs: dict, data) -> RidgeAR:
 AMAG_ARGS = ('hidden', 'heads', 'layers', 'd_ff', 'dropout', 'adaptor', 'modulator', 'feature_pathways',
              'channel_attention', 'channel_heads', 'session_embedding', 'revin', 'adj_mean', 'residual',
              'population')
+STITCHED_ARGS = ('latents', 'adapter', 'hidden', 'heads', 'layers', 'd_ff', 'dropout', 'modulator',
+                 'session_embedding', 'residual')
 MODELS = {
     'amag': ModelSpec(
         AMAG, {a: a for a in AMAG_ARGS}, ('n_channels', 'n_features', 'n_sessions'), _init_amag
@@ -104,4 +107,10 @@ MODELS = {
     'gru': ModelSpec(GRUBaseline, {'hidden': 'hidden', 'layers': 'layers'}, ('n_channels',)),
     'ridge': ModelSpec(RidgeAR, {'alpha': 'ridge_alpha'}, ('n_channels',), _init_ridge),
     'persistence': ModelSpec(Persistence),
+    # AMAG stitched for transfer across arrays (`neurofc.stitch`): the array is the monkey's name
+    'stitched': ModelSpec(
+        ArrayAMAG,
+        {a: a for a in STITCHED_ARGS} | {'array': 'monkey'},
+        ('n_channels', 'n_features', 'n_sessions'),
+    ),
 }

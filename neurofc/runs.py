@@ -53,8 +53,8 @@ def _git_commit() -> str | None:
     except Exception:
         return None
 
-TRAINING_CODE = ('core', 'data', 'revin', 'amag', 'fast', 'models', 'infer', 'config', 'losses', 'runs',
-                 'transfer', 'train')
+TRAINING_CODE = ('core', 'data', 'revin', 'amag', 'stitch', 'fast', 'models', 'infer', 'config', 'losses',
+                 'runs', 'transfer', 'train')
 
 @functools.lru_cache(None)
 def code_fingerprint() -> dict:

@@ -23,7 +23,7 @@ __all__ = ['SHIPPED', 'ENTRY', 'CHALLENGE_MONKEYS', 'shipped_files', 'load_model
 
 # %% ../nbs/10_submission.ipynb
 # neurofc's modules in a submission's neurofc/
-SHIPPED = ('__init__', 'core', 'revin', 'amag', 'models', 'infer')
+SHIPPED = ('__init__', 'core', 'revin', 'amag', 'stitch', 'models', 'infer')
 ENTRY = 'challenge'  # neurofc/challenge.py is the zip's model.py
 
 def shipped_files() -> dict[str, Path]:

@@ -306,7 +306,7 @@ CASES = [
         'papermill-model',
         lambda w: lambda: _papermill(w, '-p', 'model', 'lstm'),
         RuntimeError,
-        ["Unknown model 'lstm'; known models: ['amag', 'gru', 'ridge', 'persistence']"],
+        ["Unknown model 'lstm'; known models: ['amag', 'gru', 'ridge', 'persistence', 'stitched']"],
     ),
     (
         'papermill-override',

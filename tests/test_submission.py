@@ -33,7 +33,9 @@ def world(tmp_path_factory):
         runs = {'affi-gru': train(tiny_config(monkey='affi', model='gru', epochs=1, train_limit=16), [1, 2]),
                 'affi-ridge': train(phase_config('paper', 'affi', model='ridge'), [1]),
                 'beignet-compete': train(tiny_config('compete', epochs=1, **ALL_SWITCHES), [1, 2]),
-                'beignet-persistence': train(phase_config('paper', 'beignet', model='persistence'), [1])}
+                'beignet-persistence': train(phase_config('paper', 'beignet', model='persistence'), [1]),
+                'affi-stitched': train(tiny_config('compete', 'affi', 'stitched', hidden=8, d_ff=16, latents=4, epochs=1,
+                                                   adapter='attention', session_embedding=True), [1])}
     return types.SimpleNamespace(dir=w, data=data, runs=runs)
 
 
@@ -54,7 +56,8 @@ def _check_isolated(res, work):
 
 @pytest.mark.parametrize('affi,beignet,affi_label,beignet_label', [
     ('affi-gru', 'beignet-compete', 'gru (2 seeds)', 'compete (2 seeds)'),              # multi-seed ensembles
-    ('affi-ridge', 'beignet-persistence', 'ridge seed1', 'persistence seed1')])         # single runs
+    ('affi-ridge', 'beignet-persistence', 'ridge seed1', 'persistence seed1'),          # single runs
+    ('affi-stitched', 'beignet-persistence', 'stitched seed1', 'persistence seed1')])   # per-array adapters
 def test_ingestion_scores_equal_evaluate(world, tmp_path, affi, beignet, affi_label, beignet_label):
     runs = {'affi': world.runs[affi], 'beignet': world.runs[beignet]}
     z = export_submission(runs, tmp_path / 'sub')
