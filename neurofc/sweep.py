@@ -363,12 +363,12 @@ def run_sweep(
 # %% ../nbs/08_sweep.ipynb
 def log_session(root: Path, t0: float, where: str, cpus: float, gpus: float):
     "Append this invocation of the sweep in `root` (started at `t0`) to `sessions.csv`."
-    import platform, datetime
-    from neurofc.runs import _git_commit
+    import datetime, torch
+    from neurofc.runs import environment
+    env = environment(torch.device('cpu'))      # the machine and commit, as a run records them
     row = dict(started=datetime.datetime.fromtimestamp(t0).isoformat(timespec='seconds'),
                wall_s=round(time.time() - t0, 1), ray=where, cpus=cpus, gpus=gpus,
-               machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-               commit=(_git_commit() or '?')[:8])
+               machine=f"{env['device_name']}, {os.cpu_count()} cores", commit=(env['git_commit'] or '?')[:8])
     path = Path(root) / 'sessions.csv'
     pd.DataFrame([row]).to_csv(path, mode='a', header=not path.exists(), index=False)
 

@@ -720,7 +720,7 @@ def final_config(run_dir: str | Path, **overrides) -> RunConfig:
 
 def check_final_data(source: str | Path, data: MonkeyData):
     "A final fit trains on exactly the files its source run trained on (no day added or missing)."
-    saved = read_json(Path(source) / 'fingerprint.json', 'the fingerprint of a neurofc run')
+    saved = read_json(Path(source) / FINGERPRINT, 'the fingerprint of a neurofc run')
     diffs = fingerprint_diff(saved, dict(data=data.fingerprint(), code=saved['code']), code=False)
     if diffs:
         raise ValueError(f"A final fit of {source} must train on the files it was validated on; "
