@@ -20,13 +20,13 @@ __all__ = ['PHASES', 'PHASE_DEFAULTS', 'MODEL_DEFAULTS', 'QUICK', 'SPACE_KINDS',
            'check_space', 'build_model']
 
 # %% ../nbs/05_config.ipynb
-PHASES = ('paper', 'compete', 'reference')
+PHASES = ('paper', 'compete', 'reference', 'transfer')
 
 @dataclasses.dataclass
 class RunConfig(Config):
     "Everything that defines one training run. Defaults are Phase 1 (`paper`)."
     phase: str = 'paper'
-    model: str = 'amag'                 # 'amag' or a baseline: 'gru', 'ridge', 'persistence'
+    model: str = 'amag'                 # 'amag', 'stitched' or a baseline: 'gru', 'ridge', 'persistence'
     monkey: str = 'beignet'
     # --- AMAG architecture (names match `neurofc.amag.AMAG`)
     hidden: int = 64
@@ -98,6 +98,13 @@ class RunConfig(Config):
     init_from: str | None = None        # a run directory or checkpoint; what fits by name and shape is loaded
     freeze: tuple[str, ...] = ()        # model parts (`te`, `si`, `tr`, ... or dotted submodules) to freeze
     freeze_epochs: int = 0              # ... for this many epochs, then train them too
+    # --- masked pretraining across monkeys (`neurofc.pretrain`; the `transfer` phase): a stitched model only
+    pretrain: bool = False              # start from a stitched model pretrained on every monkey (init_from)
+    pretrain_monkeys: tuple[str, ...] = ()  # ... on these; () = every monkey with files in the data folder
+    pretrain_epochs: int = 100
+    pretrain_minutes: float | None = None
+    mask_bins: float = 0.2              # probability of hiding a context bin in pretraining
+    mask_channels: float = 0.2          # probability of hiding a channel's context in pretraining
     # --- engine: memory and speed only (`neurofc.fast.accelerate`); no setting below changes a result
     adaptor_chunk: int = 0              # target channels per Adaptor tile, 0 = automatic
     checkpoint: bool = False            # keep no Adaptor pair activations (recompute them in backward)
@@ -126,6 +133,7 @@ class RunConfig(Config):
             'val_every',
             't0',
             'step_size',
+            'pretrain_epochs',
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")
@@ -185,6 +193,14 @@ class RunConfig(Config):
             raise ValueError(
                 f"final_of ({self.final_of!r}) names the source of a final fit: it needs final_fit=True"
             )
+        if self.pretrain and self.model != 'stitched':
+            raise ValueError(f"pretrain fine-tunes a stitched model pretrained across monkeys: it needs "
+                             f"model='stitched', found {self.model!r}")
+        for name in ('mask_bins', 'mask_channels'):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), found {getattr(self, name)}")
+        if self.pretrain_minutes is not None and not self.pretrain_minutes > 0:
+            raise ValueError(f"pretrain_minutes must be > 0 or None, found {self.pretrain_minutes}")
         if self.snapshots and self.scheduler != 'cosine':
             raise ValueError(
                 f"snapshots ({self.snapshots}) are taken at cosine cycle minima: they need"
@@ -261,7 +277,35 @@ _REFERENCE = dict(
     predictor='ema',
     encoder_keep_mb=512,
 )
-PHASE_DEFAULTS = {'paper': {}, 'compete': _COMPETE, 'reference': _REFERENCE}
+# a stitched AMAG pretrained across every monkey's sessions by masked reconstruction (`neurofc.pretrain`),
+# fine-tuned per monkey with its shared parts frozen for the first epoch; otherwise `compete`'s optimisation
+_TRANSFER = dict(
+    model='stitched',
+    pretrain=True,
+    latents=64,
+    adapter='linear',
+    hidden=32,
+    heads=1,
+    layers=1,
+    d_ff=128,
+    dropout=0.0,
+    residual=True,
+    session_embedding=False,
+    optimizer='adamw',
+    lr=2e-3,
+    weight_decay=1e-4,
+    scheduler='anneal',
+    warmup=1,
+    epochs=300,
+    patience=40,
+    val_every=5,
+    ema_decay=0.999,
+    predictor='ema',
+    freeze=('te', 'si', 'tr'),
+    freeze_epochs=1,
+    pretrain_epochs=100,
+)
+PHASE_DEFAULTS = {'paper': {}, 'compete': _COMPETE, 'reference': _REFERENCE, 'transfer': _TRANSFER}
 
 _PLAIN = dict(
     dropout=0.0,
@@ -282,6 +326,9 @@ _PLAIN = dict(
     phase_aug=0.0,
     snapshots=0,
     predictor='best',
+    pretrain=False,
+    freeze=(),
+    freeze_epochs=0,
 )
 # baselines ignore the phase: the official example's GRU (hidden 256, 1 layer, Adam 1e-3, MSE); closed-form
 # ones run one epoch
@@ -314,6 +361,7 @@ QUICK = dict(
     step_size=2,
     snapshots=2,
     train_limit=64,
+    pretrain_epochs=2,
 )
 
 def phase_config(phase: str, monkey: str = 'beignet', quick: bool = False, **overrides) -> RunConfig:
@@ -321,7 +369,7 @@ def phase_config(phase: str, monkey: str = 'beignet', quick: bool = False, **ove
     applied."""
     if phase not in PHASES: raise ValueError(f"Unknown phase {phase!r}; known phases: {list(PHASES)}")
     RunConfig._check_keys(overrides, 'overrides')
-    model = overrides.get('model', 'amag')
+    model = overrides.get('model', PHASE_DEFAULTS[phase].get('model', 'amag'))
     if model not in MODELS: raise ValueError(f"Unknown model {model!r}; known models: {list(MODELS)}")
     base = {**PHASE_DEFAULTS[phase], **MODEL_DEFAULTS.get(model, {}), 'phase': phase, 'monkey': monkey}
     if quick:
@@ -364,6 +412,13 @@ SPACES = {
         mixup_alpha={'uniform': [0.0, 0.4]},
         ema_decay={'choice': [0.99, 0.995, 0.999]},
     ),
+    # the fine-tuning only: every trial reuses one pretraining (its architecture and masks are not searched)
+    'transfer': dict(
+        lr={'loguniform': [5e-4, 5e-3]},
+        weight_decay={'loguniform': [1e-5, 1e-2]},
+        mixup_alpha={'uniform': [0.0, 0.4]},
+        ema_decay={'choice': [0.99, 0.995, 0.999]},
+    ),
 }
 # fields a sweep sets itself, and speed-only settings (searching them changes no result)
 _NOT_SEARCHED = {
@@ -372,6 +427,8 @@ _NOT_SEARCHED = {
     **dict.fromkeys(('val_frac', 'cross_val_frac', 'split_seed', 'train_limit', 'final_fit', 'final_of'),
                     "the split: every trial must be scored on the same validation trials"),
     **dict.fromkeys(('init_from', 'freeze', 'freeze_epochs'), "where a run starts: not searched here"),
+    **dict.fromkeys(('pretrain', 'pretrain_monkeys', 'pretrain_epochs', 'pretrain_minutes', 'mask_bins',
+                     'mask_channels'), "the pretraining: one for every trial of a sweep"),
     **dict.fromkeys(('adaptor_chunk', 'checkpoint', 'encoder_tile', 'encoder_keep_mb', 'amp', 'compile',
                      'cooldown_s', 'max_gpu_temp'), "an engine setting: it changes speed and memory only"),
 }

@@ -23,6 +23,7 @@ from neurofc.core import (
 )
 from .amag import ADAPTOR_WIDTHS
 from .models import MODELS
+from .tta import check_adapt, file_stats, reconstructs, adapt_steps
 
 # %% auto 0
 __all__ = ['MANIFEST', 'binom_tail', 'SessionRouter', 'Forecaster', 'context_stats', 'repair_nonfinite', 'Model']
@@ -161,18 +162,28 @@ class Forecaster:
         device: str | torch.device = 'cpu',
         batch_size: int = 16,
         use_session: bool = True,
-        norm: str = 'session',
-    ):  # 'session': the day's training statistics; 'context': each trial's own context
+        norm: str = 'session',      # 'session': the day's training statistics; 'context': each trial's own
+        adapt=(),                   # test-time adaptation to each file (`neurofc.tta`): 'stats', 'steps'
+        adapt_steps: int = 20,      # ... self-supervised steps, their learning rate, the parts they train
+        adapt_lr: float = 1e-3,
+        adapt_parts=('adapters',),
+    ):
         if norm not in ('session', 'context'):
             raise ValueError(f"Unknown norm {norm!r}; expected 'session' or 'context'")
         self.models = [m.to(device).eval() for m in models]
         self.stats, self.router, self.keys = stats, router, router.keys
-        self.device, self.batch_size, self.use_session, self.norm = (
-            torch.device(device),
-            batch_size,
-            use_session,
-            norm,
-        )
+        self.device, self.batch_size, self.use_session, self.norm = (torch.device(device), batch_size,
+                                                                     use_session, norm)
+        self.set_adapt(adapt, adapt_steps, adapt_lr, adapt_parts)
+
+    def set_adapt(self, adapt=(), adapt_steps: int = 20, adapt_lr: float = 1e-3, adapt_parts=('adapters',)):
+        "Switch test-time adaptation (`neurofc.tta`) on or off (`adapt=()`); returns the forecaster."
+        self.adapt = check_adapt(adapt)
+        if 'steps' in self.adapt and not all(reconstructs(m) for m in self.models):
+            raise ValueError(f"Test-time 'steps' need models that reconstruct their input (model="
+                             f"'stitched'), found {sorted({type(m).__name__ for m in self.models})}")
+        self.steps = dict(steps=adapt_steps, lr=adapt_lr, parts=tuple(adapt_parts))
+        return self
 
     def route(self, x: np.ndarray) -> dict:
         """The router's view of a whole file of raw trials: nearest known day, distances, and whether it is
@@ -191,19 +202,20 @@ class Forecaster:
             r = self.route(x)
             s, unseen = r['day'], r['unseen']
         else: s = session
-        norm = 'context' if unseen else self.norm  # an unseen day: each trial's own context statistics ...
-        st = self.stats[self.keys[s]]
-        out = []
+        xr = torch.from_numpy(x).to(self.device)
+        if 'stats' in self.adapt: tb = file_stats(x)          # the file's own context statistics
+        elif unseen or self.norm == 'context': tb = context_stats(xr)   # an unseen day: each trial's own ...
+        else: tb = self.stats[self.keys[s]]
+        xn = mask_future(normalize(xr, tb))
+        models = self.models
+        if 'steps' in self.adapt: models = [adapt_steps(m, xn, **self.steps) for m in models]
+        sid = torch.full((len(x),), -1 if unseen else s, device=self.device) if self.use_session else None
+        out = []                                                 # ... and the mean embedding
         for i in range(0, len(x), self.batch_size):
-            xr = torch.from_numpy(x[i:i + self.batch_size]).to(self.device)
-            tb = context_stats(xr) if norm == 'context' else st
-            xb = normalize(xr, tb)
-            sid = (
-                torch.full((len(xb),), -1 if unseen else s, device=self.device) if self.use_session else None
-            )  # ... and the mean embedding
-            yb = torch.stack([m(mask_future(xb), session=sid) for m in self.models]).float().mean(0)
-            out.append(denormalize_lmp(yb, tb).cpu())
-        y = torch.cat(out).numpy()
+            b = slice(i, i + self.batch_size)
+            sb = None if sid is None else sid[b]
+            out.append(torch.stack([m(xn[b], session=sb) for m in models]).float().mean(0))
+        y = denormalize_lmp(torch.cat(out), tb).cpu().numpy()
         y[:, :T_CONTEXT] = x[:, :T_CONTEXT, :, 0]
         return y
 
@@ -252,9 +264,11 @@ class Model:
         monkey_name: str = 'beignet',  # 'affi' or 'beignet', as the ingestion passes it
         root: str | None = None,  # folder holding the manifest; default: the one holding neurofc/
         device: str | None = None,  # default: 'cuda' when available, else 'cpu'
-        batch_size: int | None = None,
-    ):  # trials per device batch; None: 64, fewer with the Adaptor
+        batch_size: int | None = None,  # trials per device batch; None: 64, fewer with the Adaptor
+        adapt=None,  # test-time adaptation ('stats', 'steps'; `neurofc.tta`); None: as the manifest says
+    ):
         self.monkey_name, self.batch_size = monkey_name, batch_size
+        self.adapt = None if adapt is None else check_adapt(adapt)
         self.root = (
             str(root) if root is not None else os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         )
@@ -288,7 +302,8 @@ class Model:
                 models.append(m)
             bs = self.batch_size or _batch_for(run, self.n_channels)
             self.forecasters.append(
-                Forecaster(models, stats, router, self.device, bs, run['use_session'], run['norm'])
+                Forecaster(models, stats, router, self.device, bs, run['use_session'], run['norm'],
+                           **{**run.get('tta', {}), **({} if self.adapt is None else {'adapt': self.adapt})})
             )
         return self
 

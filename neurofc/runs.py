@@ -13,7 +13,7 @@ import torch
 import neurofc
 from .core import file_digest, get_device, resolve_path, Stats
 from .data import get_monkey, find_sessions, session_path, load_session, file_record
-from .config import RunConfig, build_model
+from .config import RunConfig, PHASE_DEFAULTS, build_model
 from .infer import Forecaster, SessionRouter
 
 
@@ -54,7 +54,7 @@ def _git_commit() -> str | None:
         return None
 
 TRAINING_CODE = ('core', 'data', 'revin', 'amag', 'stitch', 'fast', 'models', 'infer', 'config', 'losses',
-                 'runs', 'transfer', 'train')
+                 'runs', 'transfer', 'train', 'pretrain', 'tta')
 
 @functools.lru_cache(None)
 def code_fingerprint() -> dict:
@@ -187,8 +187,8 @@ def verify_run(run_dir: str | Path, data: dict | None = None, code: str = 'warn'
 
 # %% ../nbs/06a_runs.ipynb
 def run_name(cfg: RunConfig, seed: int) -> str:
-    "A run's directory name: monkey, phase (or baseline), `-final` for a final fit, seed."
-    who = cfg.phase if cfg.model == 'amag' else cfg.model
+    "A run's directory name: monkey, phase (or model, if not the phase's own), `-final` (a final fit), seed."
+    who = cfg.phase if cfg.model == PHASE_DEFAULTS[cfg.phase].get('model', 'amag') else cfg.model
     return f"{cfg.monkey}-{who}{'-final' if cfg.final_fit else ''}-seed{seed}"
 
 # %% ../nbs/06a_runs.ipynb
@@ -230,16 +230,17 @@ RESUME_IGNORES = (
     'max_gpu_temp',
 )  # budget, memory, speed
 
-def read_config(run_dir: Path) -> RunConfig:
+def read_config(run_dir: Path, cls=RunConfig):
+    "The configuration a run saved (`cls`: `RunConfig`, or another `Config`, e.g. a pretraining's)."
     path = run_dir / 'config.json'
-    return RunConfig.from_dict(read_json(path, 'the configuration of a neurofc run'), str(path))
+    return cls.from_dict(read_json(path, 'the configuration of a neurofc run'), str(path))
 
 # %% ../nbs/06a_runs.ipynb
 def config_diff(run_dir: Path, cfg: RunConfig) -> dict:
     """Fields (saved, requested) where `cfg` differs from the run's saved config, except budget, memory and
     speed."""
     now = cfg.to_dict()                  # JSON's values on both sides (a tuple field reads back as a list)
-    return {k: (v, now[k]) for k, v in read_config(run_dir).to_dict().items()
+    return {k: (v, now[k]) for k, v in read_config(run_dir, type(cfg)).to_dict().items()
             if now[k] != v and k not in RESUME_IGNORES}
 
 # %% ../nbs/06a_runs.ipynb

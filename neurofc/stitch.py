@@ -15,7 +15,7 @@ from .amag import (TemporalEncoder, SpatialInteraction, TemporalReadout, Session
                           check_session)
 
 # %% auto 0
-__all__ = ['LinearAdapter', 'AttentionAdapter', 'StitchedAMAG', 'ArrayAMAG']
+__all__ = ['LinearAdapter', 'AttentionAdapter', 'StitchedAMAG', 'ArrayAMAG', 'mask_trials', 'masked_loss']
 
 # %% ../nbs/04a_stitch.ipynb
 class LinearAdapter(nn.Module):
@@ -138,3 +138,26 @@ class ArrayAMAG(StitchedAMAG):
 
     def forward(self, x: Tensor, session: Tensor | None = None, start: int = T_CONTEXT) -> Tensor:
         return super().forward(x, self.array, session, start)
+
+# %% ../nbs/04a_stitch.ipynb
+def mask_trials(x: Tensor,                        # (B, 20, C, F) normalised trials
+                p_bins: float,                    # probability of hiding a context bin (every channel)
+                p_channels: float,                # probability of hiding a channel's context (every bin)
+                gen: torch.Generator | None = None,
+               ) -> tuple[Tensor, Tensor]:
+    "`(masked x, mask)`: hidden entries set to 0 in every feature; the mask `(B, 20, C)`: the LMP to predict."
+    B, T, C, _ = x.shape
+    u = lambda *s: torch.rand(*s, generator=gen, device=x.device)
+    hide = (u(B, T_CONTEXT, 1) < p_bins) | (u(B, 1, C) < p_channels)               # (B, 10, C)
+    xm = torch.cat([x[:, :T_CONTEXT].masked_fill(hide[..., None], 0.0), x[:, T_CONTEXT:]], 1)
+    return mask_future(xm), torch.cat([hide, hide.new_ones(B, T - T_CONTEXT, C)], 1)
+
+# %% ../nbs/04a_stitch.ipynb
+def masked_loss(model: StitchedAMAG, xm: Tensor, y: Tensor, m: Tensor, array: str | None = None) -> Tensor:
+    """Mean squared error of `model`'s output for masked trials `xm` of `array` (None: an `ArrayAMAG`'s own)
+    against LMP `y` over mask `m`."""
+    pred = model(xm, array, start=0) if array is not None else model(xm, start=0)   # (B, 20, C): every bin
+    if model.residual:
+        pred = torch.cat([pred[:, :T_CONTEXT], pred[:, T_CONTEXT:] + xm[:, T_CONTEXT - 1:T_CONTEXT, :, 0]], 1)
+    m = m.to(pred.dtype)
+    return ((pred - y) ** 2 * m).sum() / m.sum().clamp_min(1.0)

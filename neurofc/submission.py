@@ -15,6 +15,7 @@ from .core import resolve_path, Stats, mask_future, T_CONTEXT, T_TOTAL, file_dig
 from .data import get_monkey, find_sessions, session_path, load_npz
 from .models import MODELS
 from .infer import MANIFEST
+from .tta import check_adapt
 from .runs import load_run, resolve_runs
 
 # %% auto 0
@@ -23,7 +24,7 @@ __all__ = ['SHIPPED', 'ENTRY', 'CHALLENGE_MONKEYS', 'shipped_files', 'load_model
 
 # %% ../nbs/10_submission.ipynb
 # neurofc's modules in a submission's neurofc/
-SHIPPED = ('__init__', 'core', 'revin', 'amag', 'stitch', 'models', 'infer')
+SHIPPED = ('__init__', 'core', 'revin', 'amag', 'stitch', 'tta', 'models', 'infer')
 ENTRY = 'challenge'  # neurofc/challenge.py is the zip's model.py
 
 def shipped_files() -> dict[str, Path]:
@@ -58,7 +59,8 @@ def _probe(stats: Stats, n: int = 3, seed: int = 0) -> np.ndarray:
     return mask_future(x.astype(np.float32))
 
 def reference_predict(
-    runs: list[Path], x: np.ndarray, norm: str = 'session', device: str = 'cpu'
+    runs: list[Path], x: np.ndarray, norm: str = 'session', device: str = 'cpu',
+    tta: dict | None = None,  # test-time adaptation: `Forecaster.set_adapt`'s arguments
 ) -> np.ndarray:
     """neurofc's own forecast of `x`: each run's `Forecaster.predict`, averaged over runs (as `evaluate`'s
     seed ensemble)."""
@@ -66,6 +68,7 @@ def reference_predict(
     for d in runs:
         f = load_run(d, device)
         f.norm = norm
+        f.set_adapt(**(tta or {}))
         preds.append(f.predict(x))
     return np.mean(preds, 0) if len(preds) > 1 else preds[0]
 
@@ -115,12 +118,16 @@ def export_submission(runs_by_monkey: dict,         # monkey -> glob or list of 
                       overwrite: bool = False,      # replace an existing submission folder and zip
                       norm: str = 'session',        # the Forecasters' normalisation: 'session' or 'context'
                       verify: bool = True,          # check the exported model against neurofc's predictions
+                      adapt=(),                     # test-time adaptation of every run ('stats', 'steps')
+                      adapt_steps: int = 20,        # ... its self-supervised steps and their learning rate
+                      adapt_lr: float = 1e-3,
                      ) -> Path:
     """Write a self-contained challenge submission (folder and zip) of `runs_by_monkey`; returns the zip's
     path."""
     if norm not in ('session', 'context'):
         raise ValueError(f"Unknown norm {norm!r}; expected 'session' or 'context'")
     if not runs_by_monkey: raise ValueError("No runs given: pass {'affi': [...], 'beignet': [...]}")
+    tta = dict(adapt=list(check_adapt(adapt)), adapt_steps=adapt_steps, adapt_lr=adapt_lr)
     plan = {}
     for monkey, runs in runs_by_monkey.items():
         m = get_monkey(monkey)
@@ -168,7 +175,9 @@ def export_submission(runs_by_monkey: dict,         # monkey -> glob or list of 
                 router=f'{monkey}_{i}_router.json',
                 use_session=f.use_session,
                 norm=norm,
+                tta=tta,
             )
+            f.set_adapt(**tta)               # 'steps' on a model that cannot take them: an error
             for member, model in zip(f.members, f.models):
                 probe = spec.build(kwargs)
                 # the spec rebuilds exactly this architecture (strict)
@@ -189,12 +198,13 @@ def export_submission(runs_by_monkey: dict,         # monkey -> glob or list of 
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
     with zipfile.ZipFile(zip_path, 'w', zipfile.ZIP_DEFLATED) as z:
         for name in files: z.write(out_dir / name, arcname=name)
-    if verify: verify_submission(out_dir, plan, norm)
+    if verify: verify_submission(out_dir, plan, norm, tta=tta)
     return zip_path
 
 # %% ../nbs/10_submission.ipynb
 def verify_submission(
-    sub_dir: str | Path, runs_by_monkey: dict, norm: str = 'session', n: int = 3, rtol: float = 1e-4
+    sub_dir: str | Path, runs_by_monkey: dict, norm: str = 'session', n: int = 3, rtol: float = 1e-4,
+    tta: dict | None = None,
 ) -> dict[str, float]:
     """Max relative difference, per monkey, between the exported `model.py` and neurofc on random trials;
     raises above `rtol`."""
@@ -205,7 +215,7 @@ def verify_submission(
         m = mod.Model(monkey, root=str(sub_dir), device='cpu').load()
         st = next(iter(load_run(dirs[0]).stats.values()))
         x = _probe(st, n)
-        got, ref = m.predict(x), reference_predict(dirs, x, norm)
+        got, ref = m.predict(x), reference_predict(dirs, x, norm, tta=tta)
         out[monkey] = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-12))
         if not out[monkey] <= rtol:
             raise AssertionError(

@@ -44,8 +44,8 @@ from .transfer import source_state, load_partial, check_freeze, set_frozen
 # %% auto 0
 __all__ = ['LineProgress', 'progress_bar', 'lr_factor', 'is_cycle_end', 'ema_decay', 'EMA', 'augment', 'mixup', 'score_sessions',
            'persistence', 'score_weights', 'loss_weight', 'augments', 'make_optimizer', 'TrainStep', 'Run',
-           'limit_train', 'check_holdout', 'fit', 'close_run', 'stackable', 'StackedStep', 'finish_run', 'check_seeds',
-           'train_seeds', 'final_epochs', 'final_config', 'check_final_data']
+           'limit_train', 'check_holdout', 'with_pretrained', 'fit', 'close_run', 'stackable', 'StackedStep',
+           'finish_run', 'check_seeds', 'train_seeds', 'final_epochs', 'final_config', 'check_final_data']
 
 # %% ../nbs/07_train.ipynb
 def _in_kernel() -> bool:
@@ -304,14 +304,15 @@ class TrainStep:
 # %% ../nbs/07_train.ipynb
 class Run:
     "A run in training: its router, model, optimiser step, batcher and state, and the files it writes."
-    def __init__(self, cfg: RunConfig, data: MonkeyData, run_dir: Path, seed: int, dev: torch.device):
+    def __init__(self, cfg: RunConfig, data: MonkeyData, run_dir: Path, seed: int, dev: torch.device,
+                 new: bool = True):   # False: resumed from `last.pt`, so `init_from` is not read again
         self.cfg, self.data, self.dir, self.seed, self.dev = cfg, data, run_dir, seed, dev
         self.main = data.keys[0]
         self.router = SessionRouter(data.keys).fit(data.train)
         n_features = data.train[self.main].shape[-1]
         self.model = build_model(cfg, data.n_channels, len(data.keys), n_features, data).to(dev)
         self.init = None              # partial loading from another run, before the EMA copies the weights
-        if cfg.init_from:
+        if cfg.init_from and new:
             state, f = source_state(cfg.init_from)
             self.init = load_partial(self.model, state, f)
         self.frozen = check_freeze(self.model, cfg.freeze)
@@ -466,11 +467,20 @@ def check_holdout(cfg: RunConfig, data: MonkeyData, run_dir: Path):
                          "none (a run without them is a final fit: final_fit=True, `final_config`)")
 
 # %% ../nbs/07_train.ipynb
+def with_pretrained(cfg: RunConfig, data: MonkeyData, run_dir: Path, device='auto',
+                    progress: bool = True) -> RunConfig:
+    """`cfg`, starting from its pretrained model when it asks for one (`pretrain`, the `transfer` phase): the
+    pretraining in `run_dir`'s folder, trained first or reused (`neurofc.pretrain.ensure_pretrained`)."""
+    if not cfg.pretrain or cfg.init_from: return cfg
+    from neurofc.pretrain import ensure_pretrained             # it trains with this module's helpers
+    return cfg.replace(init_from=str(ensure_pretrained(cfg, data.source, run_dir.parent, device, progress)))
+
 def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, device: str = 'auto',
         resume: bool = False, progress: bool = True, callback=None) -> dict:
     "Train `cfg` on `data` into `run_dir`; returns the final metrics (also in `metrics.json`)."
     run_dir, dev = resolve_path(run_dir), get_device(device)
     check_holdout(cfg, data, run_dir)
+    cfg = with_pretrained(cfg, data, run_dir, device, progress)
     data = limit_train(data, cfg)
     fingerprint = run_fingerprint(data)
     # verifies an existing run before anything is written
@@ -478,7 +488,7 @@ def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, d
     if status == 'finished': return finished_metrics(run_dir, cfg)
     seed_everything(seed)
     if dev.type == 'cuda': torch.backends.cudnn.benchmark = True
-    run = Run(cfg, data, run_dir, seed, dev)
+    run = Run(cfg, data, run_dir, seed, dev, new=status != 'resume')
     if status != 'resume': run.write_start(fingerprint)
     elif run.resume():                                              # killed between its metrics and its seal
         seal_run(run_dir)
@@ -512,10 +522,11 @@ def close_run(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int, 
     """Finish an unfinished run where it stands, without another epoch (a sweep's scheduler stopped it): its
     members scored, `metrics.json` written (`stopped_by_scheduler`), the run sealed."""
     run_dir, dev = resolve_path(run_dir), get_device(device)
+    cfg = with_pretrained(cfg, data, run_dir, device, progress=False)
     data = limit_train(data, cfg)
     if prepare_run_dir(run_dir, cfg, True, run_fingerprint(data)) == 'finished':
         return finished_metrics(run_dir, cfg)
-    run = Run(cfg, data, run_dir, seed, dev)
+    run = Run(cfg, data, run_dir, seed, dev, new=False)
     if run.resume('Finishing'): return finished_metrics(run_dir, cfg)
     run.state['stopped_by_scheduler'] = True
     return run.finish()

@@ -300,7 +300,7 @@ CASES = [
         'papermill-phase',
         lambda w: lambda: _papermill(w, '-p', 'phase', 'final'),
         RuntimeError,
-        ["Unknown phase 'final'; known phases: ['paper', 'compete', 'reference']"],
+        ["Unknown phase 'final'; known phases: ['paper', 'compete', 'reference', 'transfer']"],
     ),
     (
         'papermill-model',

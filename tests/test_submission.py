@@ -79,6 +79,35 @@ def test_ingestion_scores_equal_evaluate(world, tmp_path, affi, beignet, affi_la
             np.testing.assert_array_equal(pred[:, :10], load_npz(path)[:, :10, :, 0])
 
 
+def test_ingestion_with_test_time_adaptation(world, tmp_path):
+    """A submission that adapts to each test file ('stats' and self-supervised 'steps') runs the isolated
+    ingestion on a folder holding the masked test files only (no truth anywhere to read), and forecasts exactly
+    what neurofc's own adapted forecaster does."""
+    import shutil
+    from neurofc.runs import resolve_runs
+    runs = {'affi': world.runs['affi-stitched'], 'beignet': world.runs['beignet-persistence']}
+    with pytest.raises(ValueError, match="Test-time 'steps' need models that reconstruct their input"):
+        export_submission({'beignet': world.runs['beignet-persistence']}, tmp_path / 'bad', adapt='steps')
+    tta = dict(adapt=['stats', 'steps'], adapt_steps=3, adapt_lr=1e-3)
+    with pytest.raises(ValueError, match="Test-time 'steps'"):
+        export_submission(runs, tmp_path / 'bad2', adapt=['stats', 'steps'])        # persistence cannot step
+    z = export_submission({'affi': runs['affi']}, tmp_path / 'sub', adapt=tta['adapt'], adapt_steps=3)
+    assert json.loads((tmp_path / 'sub' / MANIFEST).read_text())['monkeys']['affi']['runs'][0]['tta'] == tta
+    masked = tmp_path / 'masked'
+    shutil.copytree(Path(world.data) / 'test', masked / 'test')
+    assert not list(masked.rglob('*truth*')) and not list(masked.rglob('train*'))
+    res = run_ingestion(z, masked, tmp_path / 'ingest', threads=1, monkeys=('affi',))
+    _check_isolated(res, tmp_path / 'ingest')
+    (_, files), = challenge_test_files(masked, ('affi',))
+    for name, path in files:
+        with np.load(Path(res['output_dir']) / f'test_{name}.predictions.npz') as f: pred = f['arr_0']
+        x = load_npz(path)
+        ref = reference_predict(resolve_runs(runs['affi']), x, tta=tta)
+        np.testing.assert_allclose(pred, ref, rtol=1e-4, atol=1e-3 * np.abs(ref).max())
+        plain = reference_predict(resolve_runs(runs['affi']), x)
+        assert not np.allclose(pred[:, 10:], plain[:, 10:])                            # it did adapt
+
+
 def test_zip_layout_and_overwrite(world, tmp_path):
     runs = {'affi': world.runs['affi-ridge'], 'beignet': world.runs['beignet-compete']}
     z = export_submission(runs, tmp_path / 'sub')
