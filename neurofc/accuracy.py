@@ -13,11 +13,12 @@ import torch
 
 import neurofc
 from .core import resolve_path
-from .config import RunConfig, phase_config
+from .config import RunConfig, PHASES, PHASE_DEFAULTS, phase_config
 from .data import load_monkey
 from .synthetic import ensure_synthetic, synthetic_info
 from .runs import read_json, read_config, code_fingerprint, load_run, _git_commit
 from .train import fit, score_sessions, final_config
+from .pretrain import ensure_pretrained
 from .evaluate import evaluate, load_test_sets
 
 # %% auto 0
@@ -26,7 +27,7 @@ __all__ = ['MODELS', 'ABLATIONS', 'BUDGETS', 'DRAWS', 'MONKEYS', 'CLOSED_FORM', 
            'trial_counts', 'code_dir', 'run', 'add_ratios', 'md_table', 'plot', 'write_report', 'main']
 
 # %% ../nbs/13_accuracy.ipynb
-MODELS = ('persistence', 'ridge', 'gru', 'paper', 'reference', 'compete')
+MODELS = ('persistence', 'ridge', 'gru', 'paper', 'reference', 'compete', 'transfer')
 # ablation rows: a phase with one lever switched back, measured beside the phase itself
 ABLATIONS = {
     'paper-as-published': ('paper', dict(adj_mean=False, residual=False)),
@@ -74,7 +75,7 @@ def phase_model(name: str) -> tuple[str, str, dict]:
     AMAG phase, an ablation of one, a seed ensemble of any of these, or a final fit of one."""
     name = _base(name)
     if name in BASELINES: return 'paper', name, {}
-    if name in ('paper', 'reference', 'compete'): return name, 'amag', {}
+    if name in PHASES: return name, PHASE_DEFAULTS[name].get('model', 'amag'), {}
     if name in ABLATIONS: return ABLATIONS[name][0], 'amag', dict(ABLATIONS[name][1])
     raise ValueError(f"Unknown benchmark model {name!r}; known: {[*MODELS, *ABLATIONS]}")
 
@@ -86,7 +87,9 @@ def accuracy_config(name: str, monkey: str, budget: float, quick: bool = False) 
     cfg = phase_config(
         phase, monkey, quick=quick, model=model, **({'train_limit': 32} if quick else {}), **changes
     )
-    return cfg if name in CLOSED_FORM else cfg.replace(max_minutes=budget)
+    if name in CLOSED_FORM: return cfg
+    # a pretrained phase: pretraining (once per draw, shared by the monkeys) gets the fine-tuning's budget
+    return cfg.replace(max_minutes=budget, **({'pretrain_minutes': budget} if cfg.pretrain else {}))
 
 def draw_data(draw: int, monkey: str, root: str | Path = 'data') -> Path:
     """The simulator tree of `draw` for `monkey` (written once): `data/synthetic` for draw 0, else its own
@@ -197,6 +200,11 @@ def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='
         if split not in loaded:  # once per draw and monkey: one split for all
             loaded[split] = load_monkey(data_dir, monkey, *split[2:])
             trials[split] = trial_counts(loaded[split], data_dir)
+        if cfg.pretrain:                                    # pretrained once per draw, for every monkey
+            with contextlib.redirect_stdout(io.StringIO()):
+                pre = root / f'draw{draw}' / f'pretrain-{cfg.pretrain_minutes:g}min'
+                pre = ensure_pretrained(cfg, data_dir, pre, device, False)
+            cfg = cfg.replace(init_from=str(pre))
         for j, d in enumerate(dirs):
             with contextlib.redirect_stdout(io.StringIO()):
                 fit(cfg, loaded[split], d, seed + j, device, resume=True, progress=False)

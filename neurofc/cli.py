@@ -98,6 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument(
         '--no-verify', action='store_true', help='skip the check of the exported model against neurofc'
     )
+    e.add_argument('--adapt', nargs='+', default=[], choices=['stats', 'coral', 'steps'],
+                   help="test-time adaptation to each test file: its context statistics ('stats'), encoder "
+                        "features aligned to the training ones ('coral'), self-supervised steps ('steps', "
+                        "stitched models)")
+    e.add_argument('--adapt-steps', type=int, default=20, help="steps of --adapt steps")
     return p
 
 def _expand(patterns: list[str]) -> list:
@@ -110,7 +115,8 @@ def export(args) -> int:
     from neurofc.submission import export_submission, zip_listing
     runs = {m: _expand(getattr(args, m)) for m in ('affi', 'beignet') if getattr(args, m)}
     if not runs: raise ValueError('No runs given: pass --affi RUN... and/or --beignet RUN...')
-    z = export_submission(runs, args.out, overwrite=args.overwrite, norm=args.norm, verify=not args.no_verify)
+    z = export_submission(runs, args.out, overwrite=args.overwrite, norm=args.norm, verify=not args.no_verify,
+                          adapt=args.adapt, adapt_steps=args.adapt_steps)
     for name, size in zip_listing(z): print(f"{size:>12,}  {name}")
     print(f"submission: {z} ({z.stat().st_size:,} bytes)")
     return 0

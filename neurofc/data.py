@@ -320,10 +320,18 @@ class MonkeyData:
 def load_monkey(data_dir: str | Path, monkey: str, val_frac: float = 0.1, cross_val_frac: float = 0.2,
                 split_seed: int = 0,
                 final: bool = False,  # a final fit: every trial trains, none validates (the fractions unused)
+                days=None,            # only these days (keys), e.g. all but one held out; None: every day
                ) -> MonkeyData:
     "Load, split and summarise the training sessions of `monkey` in `data_dir`."
     m = get_monkey(monkey)
-    paths = {s.key: session_path(data_dir, s, 'train') for s in find_sessions(data_dir, monkey)}
+    sessions = find_sessions(data_dir, monkey)
+    if days is not None:
+        known = [s.key for s in sessions]
+        if bad := [d for d in days if d not in known]:
+            raise ValueError(f"days: {bad} are not days of {m.name} in {resolve_path(data_dir)}; its days: "
+                             f"{known}")
+        sessions = [s for s in sessions if s.key in days]
+    paths = {s.key: session_path(data_dir, s, 'train') for s in sessions}
     arrays = {k: load_session(p, monkey) for k, p in paths.items()}
     splits = make_splits(
         {k: len(v) for k, v in arrays.items()}, m.main.key, val_frac, cross_val_frac, split_seed

@@ -23,7 +23,8 @@ from neurofc.core import (
 )
 from .amag import ADAPTOR_WIDTHS
 from .models import MODELS
-from .tta import check_adapt, file_stats, reconstructs, adapt_steps
+from .tta import (check_adapt, file_stats, reconstructs, adapt_steps, encoder_moments, coral_map,
+                         aligned)
 
 # %% auto 0
 __all__ = ['MANIFEST', 'binom_tail', 'SessionRouter', 'Forecaster', 'context_stats', 'repair_nonfinite', 'Model']
@@ -167,6 +168,7 @@ class Forecaster:
         adapt_steps: int = 20,      # ... self-supervised steps, their learning rate, the parts they train
         adapt_lr: float = 1e-3,
         adapt_parts=('adapters',),
+        features: list[dict] | None = None,   # per model: its encoder's training moments ('coral')
     ):
         if norm not in ('session', 'context'):
             raise ValueError(f"Unknown norm {norm!r}; expected 'session' or 'context'")
@@ -174,6 +176,7 @@ class Forecaster:
         self.stats, self.router, self.keys = stats, router, router.keys
         self.device, self.batch_size, self.use_session, self.norm = (torch.device(device), batch_size,
                                                                      use_session, norm)
+        self.features = features
         self.set_adapt(adapt, adapt_steps, adapt_lr, adapt_parts)
 
     def set_adapt(self, adapt=(), adapt_steps: int = 20, adapt_lr: float = 1e-3, adapt_parts=('adapters',)):
@@ -182,6 +185,9 @@ class Forecaster:
         if 'steps' in self.adapt and not all(reconstructs(m) for m in self.models):
             raise ValueError(f"Test-time 'steps' need models that reconstruct their input (model="
                              f"'stitched'), found {sorted({type(m).__name__ for m in self.models})}")
+        if 'coral' in self.adapt and (self.features is None or len(self.features) != len(self.models)):
+            raise ValueError("Feature alignment ('coral') needs each model's training feature moments "
+                             "(features.pt, saved by runs that finish with this neurofc); found none")
         self.steps = dict(steps=adapt_steps, lr=adapt_lr, parts=tuple(adapt_parts))
         return self
 
@@ -209,15 +215,24 @@ class Forecaster:
         xn = mask_future(normalize(xr, tb))
         models = self.models
         if 'steps' in self.adapt: models = [adapt_steps(m, xn, **self.steps) for m in models]
+        maps = [None] * len(models)
+        if 'coral' in self.adapt:              # the file's encoder moments, mapped onto the training trials'
+            maps = [coral_map(src, encoder_moments(m, xn, self.batch_size))
+                    for m, src in zip(models, self.features)]
         sid = torch.full((len(x),), -1 if unseen else s, device=self.device) if self.use_session else None
         out = []                                                 # ... and the mean embedding
         for i in range(0, len(x), self.batch_size):
             b = slice(i, i + self.batch_size)
             sb = None if sid is None else sid[b]
-            out.append(torch.stack([m(xn[b], session=sb) for m in models]).float().mean(0))
+            out.append(torch.stack([_forward(m, xn[b], sb, c) for m, c in zip(models, maps)]).float().mean(0))
         y = denormalize_lmp(torch.cat(out), tb).cpu().numpy()
         y[:, :T_CONTEXT] = x[:, :T_CONTEXT, :, 0]
         return y
+
+def _forward(m: nn.Module, x: torch.Tensor, session, coral=None) -> torch.Tensor:
+    "`m`'s forecast of `x`, its encoder's features aligned by `coral` (`(A, b)`) when given."
+    if coral is None: return m(x, session=session)
+    with aligned(m, *coral): return m(x, session=session)
 
 def context_stats(x: torch.Tensor) -> Stats:
     """Test-time normalisation: per-trial statistics of the context bins, shaped to broadcast over (B, T, C,
@@ -301,8 +316,14 @@ class Model:
                 m.load_state_dict(self._weights(os.path.join(self.root, member), digest))
                 models.append(m)
             bs = self.batch_size or _batch_for(run, self.n_channels)
+            feats = None
+            if run.get('features'):        # the members' encoder moments (test-time 'coral')
+                path = os.path.join(self.root, run['features'])
+                if not os.path.exists(path): raise FileNotFoundError(f"Submission file {path} is missing")
+                feats = torch.load(path, map_location='cpu', weights_only=True)
             self.forecasters.append(
                 Forecaster(models, stats, router, self.device, bs, run['use_session'], run['norm'],
+                           features=feats,
                            **{**run.get('tta', {}), **({} if self.adapt is None else {'adapt': self.adapt})})
             )
         return self

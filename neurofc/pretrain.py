@@ -12,7 +12,7 @@ import torch
 from torch import nn, Tensor
 
 from .core import Config, get_device, seed_everything, resolve_path, T_CONTEXT
-from .data import MONKEYS, MonkeyData, DeviceBatcher, has_real_data, load_monkey
+from .data import MONKEYS, MonkeyData, DeviceBatcher, find_sessions, has_real_data, load_monkey
 from .stitch import StitchedAMAG, mask_trials, masked_loss
 from .config import RunConfig
 from .runs import (FINGERPRINT, RESUME_IGNORES, atomic_save, code_fingerprint, code_diff,
@@ -29,6 +29,7 @@ __all__ = ['PretrainConfig', 'pretrain_config', 'pretrain_name', 'forecast_error
 class PretrainConfig(Config):
     "Masked pretraining of one stitched AMAG across the arrays of `monkeys`."
     monkeys: tuple[str, ...] = ('affi', 'beignet')
+    holdout: tuple[str, ...] = ()       # days (keys) never pretrained on, e.g. a day held out to adapt to
     # --- the stitched architecture (`neurofc.stitch.StitchedAMAG`)
     latents: int = 64
     adapter: Literal['linear', 'attention'] = 'linear'
@@ -113,7 +114,8 @@ def pretrain_data(pcfg: PretrainConfig, data_dir: str | Path) -> dict[str, Monke
     "Each monkey's split training data (at most `train_limit` trials per day)."
     out = {}
     for m in pcfg.monkeys:
-        d = load_monkey(data_dir, m, pcfg.val_frac, pcfg.cross_val_frac, pcfg.split_seed)
+        days = [s.key for s in find_sessions(data_dir, m) if s.key not in pcfg.holdout]
+        d = load_monkey(data_dir, m, pcfg.val_frac, pcfg.cross_val_frac, pcfg.split_seed, days=days)
         if pcfg.train_limit:
             d = dataclasses.replace(d, train={k: v[:pcfg.train_limit] for k, v in d.train.items()})
         out[m] = d
@@ -264,10 +266,11 @@ def pretrain(pcfg: PretrainConfig, data_dir: str | Path, run_dir: str | Path, se
 
 # %% ../nbs/07a_pretrain.ipynb
 def ensure_pretrained(cfg: RunConfig, data_dir: str | Path, runs_dir: str | Path = 'runs',
-                      device: str = 'auto', progress: bool = True) -> Path:
+                      device: str = 'auto', progress: bool = True,
+                      holdout=()) -> Path:       # days (keys) left out of pretraining
     "The directory of the finished pretraining that `cfg` fine-tunes from, pretrained first when needed."
     monkeys = cfg.pretrain_monkeys or tuple(m for m in MONKEYS if has_real_data(data_dir, m))
-    pcfg = pretrain_config(cfg, monkeys)
+    pcfg = pretrain_config(cfg, monkeys).replace(holdout=tuple(holdout))
     d = resolve_path(runs_dir) / pretrain_name(pcfg)
     budget = f"{pcfg.max_minutes:g} min" if pcfg.max_minutes else f"{pcfg.epochs} epochs"
     print(f"{'Reusing' if (d / 'metrics.json').exists() else 'Pretraining'} {d.name} ({', '.join(monkeys)}; "

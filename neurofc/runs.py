@@ -18,11 +18,11 @@ from .infer import Forecaster, SessionRouter
 
 
 # %% auto 0
-__all__ = ['FINGERPRINT', 'SEAL', 'TRAINING_CODE', 'RESUME_IGNORES', 'read_json', 'code_fingerprint', 'data_fingerprint',
-           'run_fingerprint', 'code_diff', 'fingerprint_diff', 'RunIntegrityError', 'is_sealed', 'seal_run',
-           'verify_seal', 'verify_run', 'run_name', 'atomic_save', 'environment', 'read_config', 'config_diff',
-           'prepare_run_dir', 'load_checkpoint', 'finished_metrics', 'write_history', 'members_of', 'load_run',
-           'resolve_runs']
+__all__ = ['FINGERPRINT', 'SEAL', 'FEATURES', 'TRAINING_CODE', 'RESUME_IGNORES', 'read_json', 'code_fingerprint',
+           'data_fingerprint', 'run_fingerprint', 'code_diff', 'fingerprint_diff', 'RunIntegrityError', 'is_sealed',
+           'seal_run', 'verify_seal', 'verify_run', 'run_name', 'atomic_save', 'environment', 'read_config',
+           'config_diff', 'prepare_run_dir', 'load_checkpoint', 'finished_metrics', 'write_history', 'members_of',
+           'load_run', 'resolve_runs']
 
 # %% ../nbs/06a_runs.ipynb
 def read_json(path: str | Path, what: str = 'a JSON file written by neurofc'):
@@ -37,6 +37,7 @@ def read_json(path: str | Path, what: str = 'a JSON file written by neurofc'):
 
 # %% ../nbs/06a_runs.ipynb
 FINGERPRINT, SEAL = 'fingerprint.json', 'seal.json'
+FEATURES = 'features.pt'               # each member's encoder feature moments (test-time 'coral')
 
 def _git_commit() -> str | None:
     try:
@@ -350,7 +351,9 @@ def load_run(run_dir: str | Path, device: str = 'cpu', members: list[str] | None
         m = build_model(cfg, C, len(router.keys), Fe)
         m.load_state_dict(load_checkpoint(run_dir / name, dev))
         models.append(m)
-    f = Forecaster(models, stats, router, dev, use_session=cfg.session_embedding)
+    feats = load_checkpoint(run_dir / FEATURES, 'cpu') if (run_dir / FEATURES).exists() else {}
+    feats = [feats[n] for n in members] if all(n in feats for n in members) else None   # for 'coral'
+    f = Forecaster(models, stats, router, dev, use_session=cfg.session_embedding, features=feats)
     f.members, f.cfg, f.run_dir = members, cfg, run_dir
     return f
 

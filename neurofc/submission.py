@@ -88,17 +88,9 @@ def _prepare_out(out_dir: Path, zip_path: Path, overwrite: bool):
                 " so it is not deleted"
             )
         man = json.loads((out_dir / MANIFEST).read_text())
-        ours = {
-            'model.py',
-            'neurofc',
-            MANIFEST,
-            *(
-                f
-                for m in man['monkeys'].values()
-                for r in m['runs']
-                for f in [*r['members'], r['stats'], r['router']]
-            ),
-        }
+        listed = lambda r: [*r['members'], r['stats'], r['router'], *filter(None, [r.get('features')])]
+        ours = {'model.py', 'neurofc', MANIFEST, *(f for m in man['monkeys'].values() for r in m['runs']
+                                                   for f in listed(r))}
         other = sorted(p.name for p in out_dir.iterdir() if p.name not in ours)
         if other:
             raise FileExistsError(
@@ -186,6 +178,10 @@ def export_submission(runs_by_monkey: dict,         # monkey -> glob or list of 
                 torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out_dir / name)
                 entry['members'].append(name)
                 entry.setdefault('sha256', []).append(file_digest(out_dir / name))
+            if f.features is not None:       # the members' encoder moments, for test-time 'coral'
+                entry['features'] = f'{monkey}_{i}_features.pt'
+                torch.save(f.features, out_dir / entry['features'])
+                files.append(entry['features'])
             (out_dir / entry['stats']).write_text(json.dumps({k: s.to_dict() for k, s in f.stats.items()}))
             (out_dir / entry['router']).write_text(json.dumps(f.router.state_dict()))
             files += [*entry['members'], entry['stats'], entry['router']]

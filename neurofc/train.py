@@ -16,8 +16,10 @@ from .core import get_device, seed_everything, resolve_path
 from .data import (MonkeyData, Stats, DeviceBatcher, Batch, load_monkey, normalize, mask_future,
                           challenge_mse, T_CONTEXT)
 from .infer import Forecaster, SessionRouter
+from .tta import encoder_moments
 from neurofc.runs import (
     FINGERPRINT,
+    FEATURES,
     run_fingerprint,
     is_sealed,
     seal_run,
@@ -45,7 +47,8 @@ from .transfer import source_state, load_partial, check_freeze, set_frozen
 __all__ = ['LineProgress', 'progress_bar', 'lr_factor', 'is_cycle_end', 'ema_decay', 'EMA', 'augment', 'mixup', 'score_sessions',
            'persistence', 'score_weights', 'loss_weight', 'augments', 'make_optimizer', 'TrainStep', 'Run',
            'limit_train', 'check_holdout', 'with_pretrained', 'fit', 'close_run', 'stackable', 'StackedStep',
-           'finish_run', 'check_seeds', 'train_seeds', 'final_epochs', 'final_config', 'check_final_data']
+           'finish_run', 'write_features', 'check_seeds', 'train_seeds', 'final_epochs', 'final_config',
+           'check_final_data']
 
 # %% ../nbs/07_train.ipynb
 def _in_kernel() -> bool:
@@ -646,8 +649,19 @@ def finish_run(cfg, data, run_dir, dev, state, seed, n_params) -> dict:
         wall_seconds=float(state.get('wall_s', 0.0)),  # training and validation, as `max_minutes` counts them
         environment=environment(dev),
     )
+    write_features(data, run_dir, dev, chosen)
     atomic_save(json.dumps(metrics, indent=2), run_dir / 'metrics.json')
     return metrics
+
+@torch.no_grad()
+def write_features(data: MonkeyData, run_dir: Path, dev, members: list[str], limit: int = 256):
+    """`features.pt`: each member's encoder feature moments over the training trials (at most `limit` a day),
+    what test-time feature alignment ('coral') maps a test file onto; none for a model without an encoder."""
+    f = load_run(run_dir, dev, members, verify=False)
+    if not all(hasattr(m, 'te') for m in f.models): return
+    x = torch.cat([mask_future(normalize(torch.as_tensor(v[:limit], dtype=torch.float32), data.stats[k]))
+                   for k, v in data.train.items()]).to(dev)
+    atomic_save({n: encoder_moments(m, x) for n, m in zip(members, f.models)}, run_dir / FEATURES)
 
 # %% ../nbs/07_train.ipynb
 def check_seeds(seeds) -> list[int]:

@@ -14,10 +14,11 @@ from .core import Stats, compute_stats, T_CONTEXT
 from .stitch import mask_trials, masked_loss
 
 # %% auto 0
-__all__ = ['ADAPT_METHODS', 'check_adapt', 'file_stats', 'reconstructs', 'adapt_steps']
+__all__ = ['ADAPT_METHODS', 'check_adapt', 'file_stats', 'reconstructs', 'adapt_steps', 'te_features', 'feature_moments',
+           'coral_map', 'encoder_moments', 'aligned']
 
 # %% ../nbs/04b_tta.ipynb
-ADAPT_METHODS = ('stats', 'steps')
+ADAPT_METHODS = ('stats', 'coral', 'steps')
 
 def check_adapt(adapt) -> tuple[str, ...]:
     "`adapt` as a tuple of known test-time methods (`ADAPT_METHODS`); an unknown one is an error naming them."
@@ -73,3 +74,50 @@ def adapt_steps(model: nn.Module,
             loss.backward()
             opt.step()
     return m.requires_grad_(False)
+
+# %% ../nbs/04b_tta.ipynb
+def te_features(model: nn.Module, x: Tensor) -> Tensor:
+    "`model`'s temporal-encoder output `(B, C, T, d)` on normalised masked trials `x`."
+    te = getattr(model, 'te', None)
+    if te is None:
+        raise ValueError(f"Feature alignment ('coral') needs a model with a temporal encoder (te), found "
+                         f"{type(model).__name__}")
+    out = []
+    h = te.register_forward_hook(lambda mod, inp, o: out.append(o.detach()))
+    try: model(x)
+    finally: h.remove()
+    return out[0]
+
+def feature_moments(h: Tensor) -> dict:
+    "Mean `(d,)` and covariance `(d, d)` of encoder features `h` `(B, C, T, d)` over every context bin."
+    f = h[:, :, :T_CONTEXT].reshape(-1, h.shape[-1]).double()
+    c = f - f.mean(0)
+    return dict(mean=f.mean(0).float(), cov=(c.T @ c / max(len(f) - 1, 1)).float(), n=len(f))
+
+def coral_map(src: dict, tgt: dict, eps: float = 1e-3) -> tuple[Tensor, Tensor]:
+    "`(A, b)` taking features with the moments `tgt` to features with the moments `src`."
+    def power(cov, p):
+        w, v = torch.linalg.eigh(cov.double())
+        w = w.clamp_min(eps * w.clamp_min(0).mean().clamp_min(1e-12))
+        return (v * w ** p) @ v.T
+    A = power(tgt['cov'], -0.5) @ power(src['cov'], 0.5)
+    return A.float(), (src['mean'].double() - tgt['mean'].double() @ A).float()
+
+def encoder_moments(model: nn.Module, x: Tensor, batch: int = 64) -> dict:
+    "`feature_moments` of `model`'s encoder over trials `x`, accumulated batch by batch (no feature kept)."
+    n, s1, s2 = 0, 0.0, 0.0
+    for i in range(0, len(x), batch):
+        h = te_features(model, x[i:i + batch])
+        f = h[:, :, :T_CONTEXT].reshape(-1, h.shape[-1]).double()
+        n, s1, s2 = n + len(f), s1 + f.sum(0), s2 + f.T @ f
+    mean = s1 / n
+    return dict(mean=mean.float(), cov=((s2 - n * torch.outer(mean, mean)) / max(n - 1, 1)).float(), n=n)
+
+class aligned:
+    "Within `with aligned(model, A, b):` the temporal encoder's output `h` is replaced by `h @ A + b`."
+    def __init__(self, model: nn.Module, A: Tensor, b: Tensor): self.model, self.A, self.b = model, A, b
+    def __enter__(self):
+        A, b = self.A, self.b
+        self.h = self.model.te.register_forward_hook(lambda mod, inp, o: (o @ A.to(o) + b.to(o)).to(o.dtype))
+        return self.model
+    def __exit__(self, *exc): self.h.remove()

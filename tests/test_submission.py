@@ -80,7 +80,7 @@ def test_ingestion_scores_equal_evaluate(world, tmp_path, affi, beignet, affi_la
 
 
 def test_ingestion_with_test_time_adaptation(world, tmp_path):
-    """A submission that adapts to each test file ('stats' and self-supervised 'steps') runs the isolated
+    """A submission that adapts to each test file ('stats', 'coral' and self-supervised 'steps') runs the isolated
     ingestion on a folder holding the masked test files only (no truth anywhere to read), and forecasts exactly
     what neurofc's own adapted forecaster does."""
     import shutil
@@ -88,11 +88,14 @@ def test_ingestion_with_test_time_adaptation(world, tmp_path):
     runs = {'affi': world.runs['affi-stitched'], 'beignet': world.runs['beignet-persistence']}
     with pytest.raises(ValueError, match="Test-time 'steps' need models that reconstruct their input"):
         export_submission({'beignet': world.runs['beignet-persistence']}, tmp_path / 'bad', adapt='steps')
-    tta = dict(adapt=['stats', 'steps'], adapt_steps=3, adapt_lr=1e-3)
+    tta = dict(adapt=['stats', 'coral', 'steps'], adapt_steps=3, adapt_lr=1e-3)
     with pytest.raises(ValueError, match="Test-time 'steps'"):
         export_submission(runs, tmp_path / 'bad2', adapt=['stats', 'steps'])        # persistence cannot step
+    with pytest.raises(ValueError, match=r"Feature alignment \('coral'\) needs each model's training feature"):
+        export_submission({'beignet': world.runs['beignet-persistence']}, tmp_path / 'bad3', adapt='coral')
     z = export_submission({'affi': runs['affi']}, tmp_path / 'sub', adapt=tta['adapt'], adapt_steps=3)
-    assert json.loads((tmp_path / 'sub' / MANIFEST).read_text())['monkeys']['affi']['runs'][0]['tta'] == tta
+    run = json.loads((tmp_path / 'sub' / MANIFEST).read_text())['monkeys']['affi']['runs'][0]
+    assert run['tta'] == tta and (tmp_path / 'sub' / run['features']).exists()
     masked = tmp_path / 'masked'
     shutil.copytree(Path(world.data) / 'test', masked / 'test')
     assert not list(masked.rglob('*truth*')) and not list(masked.rglob('train*'))
@@ -197,7 +200,8 @@ def test_ingestion_edge_files(world, tmp_path):
 def test_cli_export(world, tmp_path):
     d = world.dir / 'runs'
     argv = ['export', '--affi', str(d / 'affi-ridge-seed*'), '--beignet', str(d / 'beignet-compete-seed*'), '--out', str(tmp_path / 'cli')]
-    with contextlib.redirect_stdout(io.StringIO()) as out: assert main(argv) == 0
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err0: rc = main(argv)
+    assert rc == 0, err0.getvalue()
     assert 'model.py' in out.getvalue() and f"submission: {tmp_path / 'cli.zip'}" in out.getvalue()
     man = json.loads((tmp_path / 'cli' / MANIFEST).read_text())
     assert [r['run'] for r in man['monkeys']['beignet']['runs']] == ['beignet-compete-seed1', 'beignet-compete-seed2']
