@@ -200,7 +200,9 @@ def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='
         if split not in loaded:  # once per draw and monkey: one split for all
             loaded[split] = load_monkey(data_dir, monkey, *split[2:])
             trials[split] = trial_counts(loaded[split], data_dir)
-        if cfg.pretrain:                                    # pretrained once per draw, for every monkey
+        if cfg.pretrain:                                    # pretrained once per draw, on both arrays
+            for m in MONKEYS: draw_data(draw, m)
+            cfg = cfg.replace(pretrain_monkeys=MONKEYS)
             with contextlib.redirect_stdout(io.StringIO()):
                 pre = root / f'draw{draw}' / f'pretrain-{cfg.pretrain_minutes:g}min'
                 pre = ensure_pretrained(cfg, data_dir, pre, device, False)

@@ -20,7 +20,7 @@ from .transfer import model_parts
 from .train import fit
 from .tta import reconstructs
 from .pretrain import ensure_pretrained
-from .accuracy import draw_data, code_dir
+from .accuracy import draw_data, code_dir, MONKEYS
 
 # %% auto 0
 __all__ = ['SHOTS', 'MODES', 'TTA', 'PHASES', 'HEAD_PARTS', 'KEY', 'check_shots', 'shot_data', 'head_parts', 'shot_config',
@@ -138,7 +138,10 @@ def run(draws=(0,), monkeys=('beignet', 'affi'), phases=PHASES, shots=SHOTS, mod
         say = lambda t: print(f"draw{draw} {monkey} {phase}: {t}", flush=True) if progress else None
         data_dir = draw_data(draw, monkey)
         full = load_monkey(data_dir, monkey)
-        kw = dict(pretrain_minutes=pretrain_minutes) if phase == 'transfer' else {}
+        kw = {}
+        if phase == 'transfer':                    # pretrained on both arrays, whichever is scored
+            for m in MONKEYS: draw_data(draw, m)
+            kw = dict(pretrain_minutes=pretrain_minutes, pretrain_monkeys=MONKEYS)
         cfg = phase_config(phase, monkey, quick=quick, max_minutes=minutes, **kw)
         cell, pre = root / f'draw{draw}' / monkey / f'{minutes:g}min', root / f'draw{draw}' / 'pretrain'
         say("every day")
