@@ -13,7 +13,8 @@ import torch
 
 import neurofc
 from .core import resolve_path, compute_stats, T_CONTEXT
-from .data import MonkeyData, load_monkey, find_sessions, load_npz, session_path, challenge_mse
+from .data import MonkeyData, load_monkey, find_sessions, challenge_mse
+from .evaluate import load_test_sets
 from .config import RunConfig, phase_config
 from .runs import load_run, read_json, code_fingerprint
 from .transfer import model_parts
@@ -82,10 +83,6 @@ def later_days(data_dir: Path, monkey: str) -> list[str]:
     "`monkey`'s days in `data_dir` after its main one."
     return [s.key for s in find_sessions(data_dir, monkey) if not s.main]
 
-def _test_file(data_dir: Path, monkey: str, day: str) -> tuple[np.ndarray, np.ndarray]:
-    s = next(s for s in find_sessions(data_dir, monkey, 'test') if s.key == day)
-    return (load_npz(session_path(data_dir, s, 'test')), load_npz(session_path(data_dir, s, 'truth'))[..., 0])
-
 def _train(cfg: RunConfig, data: MonkeyData, run_dir: Path, device, pre: tuple | None = None) -> Path:
     """Train (or reuse) `cfg` on `data` into `run_dir`; `pre`: `(data folder, pretraining folder, held-out
     days)` of a `transfer` run's pretraining."""
@@ -98,11 +95,11 @@ def _train(cfg: RunConfig, data: MonkeyData, run_dir: Path, device, pre: tuple |
     return run_dir
 
 # %% ../nbs/13a_adaptation.ipynb
-def day_rows(cfg: RunConfig, full: MonkeyData, day: str, cell: Path, pre: Path, data_dir: Path, shots, modes,
-             steps: int, device, say=print) -> list[dict]:
-    """The rows of one held-out `day`: the all-days yardstick, the run without the day (k = 0) and its k-shot
-    fine-tunes, each with every test-time method that applies."""
-    x, truth = _test_file(data_dir, full.monkey, day)
+def day_rows(cfg: RunConfig, full: MonkeyData, day: str, test: dict, cell: Path, pre: Path, data_dir: Path,
+             shots, modes, steps: int, device, say=print) -> list[dict]:
+    """The rows of one held-out `day` (`test`: its `load_test_sets` entry): the all-days yardstick, the
+    run without the day (k = 0) and its k-shot fine-tunes, each with every test-time method that applies."""
+    x, truth = test['masked'], test['truth'][..., 0]
     root = cell.parents[2]
     rel = lambda d: str(d.relative_to(root))
     ref = cell / 'all-days' / f'{cfg.phase}-seed0'
@@ -138,6 +135,7 @@ def run(draws=(0,), monkeys=('beignet', 'affi'), phases=PHASES, shots=SHOTS, mod
         say = lambda t: print(f"draw{draw} {monkey} {phase}: {t}", flush=True) if progress else None
         data_dir = draw_data(draw, monkey)
         full = load_monkey(data_dir, monkey)
+        tests = {t['key']: t for t in load_test_sets(data_dir, monkey).values()}
         kw = {}
         if phase == 'transfer':                    # pretrained on both arrays, whichever is scored
             for m in MONKEYS: draw_data(draw, m)
@@ -147,7 +145,7 @@ def run(draws=(0,), monkeys=('beignet', 'affi'), phases=PHASES, shots=SHOTS, mod
         say("every day")
         _train(cfg, full, cell / 'all-days' / f'{phase}-seed0', device, (data_dir, pre, ()))
         for day in later_days(data_dir, monkey):
-            rows = day_rows(cfg, full, day, cell, pre, data_dir, shots, modes, steps, device, say)
+            rows = day_rows(cfg, full, day, tests[day], cell, pre, data_dir, shots, modes, steps, device, say)
             new = pd.DataFrame([dict(zip(KEY, (draw, monkey, phase, day, minutes)), **r) for r in rows])
             new['÷ all days'] = new.mse / new.mse.iloc[0]
             if len(table): table = table[~(table[KEY] == new[KEY].iloc[0]).all(axis=1)]

@@ -16,8 +16,8 @@ from .models import MODELS
 from .fast import accelerate
 
 # %% auto 0
-__all__ = ['PHASES', 'PHASE_DEFAULTS', 'MODEL_DEFAULTS', 'QUICK', 'SPACE_KINDS', 'SPACES', 'RunConfig', 'phase_config',
-           'check_space', 'build_model']
+__all__ = ['PHASES', 'PHASE_DEFAULTS', 'MODEL_DEFAULTS', 'QUICK', 'SPACE_KINDS', 'SPACES', 'RunConfig', 'run_label',
+           'phase_config', 'check_space', 'build_model']
 
 # %% ../nbs/05_config.ipynb
 PHASES = ('paper', 'compete', 'reference', 'transfer')
@@ -306,6 +306,10 @@ _TRANSFER = dict(
     pretrain_epochs=100,
 )
 PHASE_DEFAULTS = {'paper': {}, 'compete': _COMPETE, 'reference': _REFERENCE, 'transfer': _TRANSFER}
+
+def run_label(phase: str, model: str) -> str:
+    "What runs are named and grouped by: the phase for its own model (AMAG, or `transfer`'s), else the model."
+    return phase if model == PHASE_DEFAULTS.get(phase, {}).get('model', 'amag') else model
 
 _PLAIN = dict(
     dropout=0.0,

@@ -20,7 +20,7 @@ from neurofc.data import (
     challenge_mse,
     T_CONTEXT,
 )
-from .config import PHASE_DEFAULTS
+from .config import run_label
 from .runs import read_json, resolve_runs, load_run
 from .train import persistence
 
@@ -86,8 +86,7 @@ def run_group(metrics: dict) -> str:
     """The table group of a run (from its `metrics.json`): its phase for the phase's own model (AMAG; the
     stitched model of `transfer`), else its model's name; `-final` marks a final fit (trained on the
     validation trials too: it has no validation score)."""
-    own = PHASE_DEFAULTS.get(metrics['phase'], {}).get('model', 'amag')
-    who = metrics['phase'] if metrics['model'] == own else metrics['model']
+    who = run_label(metrics['phase'], metrics['model'])
     return who + ('-final' if metrics.get('final_fit') else '')
 
 def _row(who: dict, test_set: str, kind: str, metric: str, value: float) -> dict:

@@ -316,11 +316,8 @@ class Model:
                 m.load_state_dict(self._weights(os.path.join(self.root, member), digest))
                 models.append(m)
             bs = self.batch_size or _batch_for(run, self.n_channels)
-            feats = None
-            if run.get('features'):        # the members' encoder moments (test-time 'coral')
-                path = os.path.join(self.root, run['features'])
-                if not os.path.exists(path): raise FileNotFoundError(f"Submission file {path} is missing")
-                feats = torch.load(path, map_location='cpu', weights_only=True)
+            feats = None                   # the members' encoder moments (test-time 'coral')
+            if 'features' in run: feats = self._weights(os.path.join(self.root, run['features']), None)
             self.forecasters.append(
                 Forecaster(models, stats, router, self.device, bs, run['use_session'], run['norm'],
                            features=feats,

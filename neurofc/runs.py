@@ -13,7 +13,7 @@ import torch
 import neurofc
 from .core import file_digest, get_device, resolve_path, Stats
 from .data import get_monkey, find_sessions, session_path, load_session, file_record
-from .config import RunConfig, PHASE_DEFAULTS, build_model
+from .config import RunConfig, run_label, build_model
 from .infer import Forecaster, SessionRouter
 
 
@@ -189,7 +189,7 @@ def verify_run(run_dir: str | Path, data: dict | None = None, code: str = 'warn'
 # %% ../nbs/06a_runs.ipynb
 def run_name(cfg: RunConfig, seed: int) -> str:
     "A run's directory name: monkey, phase (or model, if not the phase's own), `-final` (a final fit), seed."
-    who = cfg.phase if cfg.model == PHASE_DEFAULTS[cfg.phase].get('model', 'amag') else cfg.model
+    who = run_label(cfg.phase, cfg.model)
     return f"{cfg.monkey}-{who}{'-final' if cfg.final_fit else ''}-seed{seed}"
 
 # %% ../nbs/06a_runs.ipynb
