@@ -17,8 +17,7 @@ from .config import RunConfig, PHASES, PHASE_DEFAULTS, phase_config
 from .data import load_monkey
 from .synthetic import ensure_synthetic, synthetic_info
 from .runs import read_json, read_config, code_fingerprint, load_run, _git_commit
-from .train import fit, score_sessions, final_config
-from .pretrain import ensure_pretrained
+from .train import fit, score_sessions, final_config, with_pretrained
 from .evaluate import evaluate, load_test_sets
 
 # %% auto 0
@@ -203,10 +202,9 @@ def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='
         if cfg.pretrain:                                    # pretrained once per draw, on both arrays
             for m in MONKEYS: draw_data(draw, m)
             cfg = cfg.replace(pretrain_monkeys=MONKEYS)
+            pre = root / f'draw{draw}' / f'pretrain-{cfg.pretrain_minutes:g}min'
             with contextlib.redirect_stdout(io.StringIO()):
-                pre = root / f'draw{draw}' / f'pretrain-{cfg.pretrain_minutes:g}min'
-                pre = ensure_pretrained(cfg, data_dir, pre, device, False)
-            cfg = cfg.replace(init_from=str(pre))
+                cfg = with_pretrained(cfg, loaded[split], dirs[0], device, False, pre)
         for j, d in enumerate(dirs):
             with contextlib.redirect_stdout(io.StringIO()):
                 fit(cfg, loaded[split], d, seed + j, device, resume=True, progress=False)

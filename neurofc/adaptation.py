@@ -18,9 +18,8 @@ from .evaluate import load_test_sets
 from .config import RunConfig, phase_config
 from .runs import load_run, read_json, code_fingerprint
 from .transfer import model_parts
-from .train import fit
+from .train import fit, with_pretrained
 from .tta import reconstructs
-from .pretrain import ensure_pretrained
 from .accuracy import draw_data, code_dir, MONKEYS
 
 # %% auto 0
@@ -84,13 +83,10 @@ def later_days(data_dir: Path, monkey: str) -> list[str]:
     return [s.key for s in find_sessions(data_dir, monkey) if not s.main]
 
 def _train(cfg: RunConfig, data: MonkeyData, run_dir: Path, device, pre: tuple | None = None) -> Path:
-    """Train (or reuse) `cfg` on `data` into `run_dir`; `pre`: `(data folder, pretraining folder, held-out
-    days)` of a `transfer` run's pretraining."""
+    """Train (or reuse) `cfg` on `data` into `run_dir`; `pre`: `(pretraining folder, held-out days)` of a
+    `transfer` run's pretraining."""
     with contextlib.redirect_stdout(io.StringIO()):
-        if cfg.pretrain and not cfg.init_from:
-            data_dir, pre_dir, holdout = pre
-            pretrained = ensure_pretrained(cfg, data_dir, pre_dir, device, False, holdout)
-            cfg = cfg.replace(init_from=str(pretrained))
+        if pre is not None: cfg = with_pretrained(cfg, data, run_dir, device, False, *pre)
         fit(cfg, data, run_dir, 0, device, resume=True, progress=False)
     return run_dir
 
@@ -106,7 +102,7 @@ def day_rows(cfg: RunConfig, full: MonkeyData, day: str, test: dict, cell: Path,
     rows = [dict(k='all days', mode='–', tta='none', run=rel(ref), **score_day(ref, x, truth, 'none'))]
     say(f"without {day}")
     lodo = load_monkey(data_dir, full.monkey, days=[k for k in full.keys if k != day])
-    base = _train(cfg, lodo, cell / f'without-{day}' / f'{cfg.phase}-seed0', device, (data_dir, pre, (day,)))
+    base = _train(cfg, lodo, cell / f'without-{day}' / f'{cfg.phase}-seed0', device, (pre, (day,)))
     model = load_run(base).models[0]
     for k in shots:
         for mode in ([None] if k == 0 else [m for m in modes if m == 'all' or head_parts(model)]):
@@ -143,7 +139,7 @@ def run(draws=(0,), monkeys=('beignet', 'affi'), phases=PHASES, shots=SHOTS, mod
         cfg = phase_config(phase, monkey, quick=quick, max_minutes=minutes, **kw)
         cell, pre = root / f'draw{draw}' / monkey / f'{minutes:g}min', root / f'draw{draw}' / 'pretrain'
         say("every day")
-        _train(cfg, full, cell / 'all-days' / f'{phase}-seed0', device, (data_dir, pre, ()))
+        _train(cfg, full, cell / 'all-days' / f'{phase}-seed0', device, (pre, ()))
         for day in later_days(data_dir, monkey):
             rows = day_rows(cfg, full, day, tests[day], cell, pre, data_dir, shots, modes, steps, device, say)
             new = pd.DataFrame([dict(zip(KEY, (draw, monkey, phase, day, minutes)), **r) for r in rows])

@@ -470,13 +470,15 @@ def check_holdout(cfg: RunConfig, data: MonkeyData, run_dir: Path):
                          "none (a run without them is a final fit: final_fit=True, `final_config`)")
 
 # %% ../nbs/07_train.ipynb
-def with_pretrained(cfg: RunConfig, data: MonkeyData, run_dir: Path, device='auto',
-                    progress: bool = True) -> RunConfig:
+def with_pretrained(cfg: RunConfig, data: MonkeyData, run_dir: Path, device='auto', progress: bool = True,
+                    pre_dir: Path | None = None,     # where pretraining runs live; None: `run_dir`'s folder
+                    holdout=()) -> RunConfig:        # days (keys) left out of pretraining
     """`cfg`, starting from its pretrained model when it asks for one (`pretrain`, the `transfer` phase): the
-    pretraining in `run_dir`'s folder, trained first or reused (`neurofc.pretrain.ensure_pretrained`)."""
+    pretraining in `pre_dir`, trained first or reused (`neurofc.pretrain.ensure_pretrained`)."""
     if not cfg.pretrain or cfg.init_from: return cfg
     from neurofc.pretrain import ensure_pretrained             # it trains with this module's helpers
-    return cfg.replace(init_from=str(ensure_pretrained(cfg, data.source, run_dir.parent, device, progress)))
+    pre = ensure_pretrained(cfg, data.source, pre_dir or run_dir.parent, device, progress, holdout)
+    return cfg.replace(init_from=str(pre))
 
 def fit(cfg: RunConfig, data: MonkeyData, run_dir: str | Path, seed: int = 42, device: str = 'auto',
         resume: bool = False, progress: bool = True, callback=None) -> dict:
