@@ -15,10 +15,10 @@ from .core import (resolve_path, T_CONTEXT, T_TOTAL, N_FEATURES, mask_future, ch
                           compute_stats, normalize, denormalize_lmp)
 
 # %% auto 0
-__all__ = ['MONKEYS', 'challenge_mse', 'Session', 'Monkey', 'register_monkey', 'get_monkey', 'add_session', 'load_registry',
-           'load_npz', 'masked_trials', 'file_record', 'array_digest', 'save_npz', 'find_sessions', 'session_path',
-           'load_session', 'load_split', 'has_real_data', 'split_indices', 'make_splits', 'MonkeyData', 'load_monkey',
-           'Batch', 'DeviceBatcher']
+__all__ = ['MONKEYS', 'SUBJECTS', 'challenge_mse', 'Session', 'Monkey', 'check_name', 'register_monkey', 'get_monkey',
+           'add_session', 'load_registry', 'load_subjects', 'subject_info', 'load_npz', 'masked_trials', 'file_record',
+           'array_digest', 'save_npz', 'find_sessions', 'session_path', 'load_session', 'load_split', 'has_real_data',
+           'split_indices', 'make_splits', 'MonkeyData', 'load_monkey', 'Batch', 'DeviceBatcher']
 
 # %% ../nbs/01_data.ipynb
 def challenge_mse(pred: np.ndarray, # forecast (N, 20, C), raw units
@@ -79,11 +79,16 @@ class Monkey:
 # %% ../nbs/01_data.ipynb
 MONKEYS: dict[str, Monkey] = {}
 
+def check_name(name: str) -> str:
+    "A monkey's (or subject's) name: letters, digits or '-', as it is part of file names."
+    if not re.fullmatch(r'[A-Za-z0-9-]+', name):
+        raise ValueError(f"Monkey name {name!r} must be letters, digits or '-' (it is part of file names)")
+    return name
+
 def register_monkey(name: str, n_channels: int, sessions: Sequence[dict | Session] = ()) -> Monkey:
     """Add (or replace) a monkey; `sessions` are `Session`s or dicts of its fields (the first main one is the
     main day)."""
-    if not re.fullmatch(r'[A-Za-z0-9-]+', name):
-        raise ValueError(f"Monkey name {name!r} must be letters, digits or '-' (it is part of file names)")
+    check_name(name)
     if int(n_channels) <= 0:
         raise ValueError(f"Monkey {name!r}: n_channels must be positive, found {n_channels}")
     ss = [s if isinstance(s, Session) else Session(monkey=name, **s) for s in sessions] or [
@@ -97,9 +102,15 @@ def register_monkey(name: str, n_channels: int, sessions: Sequence[dict | Sessio
 
 # %% ../nbs/01_data.ipynb
 def get_monkey(name: str) -> Monkey:
-    "The registered monkey `name`; an unknown name is an error listing the known ones."
+    """The registered monkey `name` (a subject of the project's `data/subjects.json` is registered on first
+    use); an unknown name is an error listing the known ones."""
     if isinstance(name, Monkey): return name
-    if name not in MONKEYS: raise KeyError(f"Unknown monkey {name!r}; known monkeys: {sorted(MONKEYS)}")
+    if name not in MONKEYS: load_subjects()
+    if name not in MONKEYS:
+        raise KeyError(
+            f"Unknown monkey {name!r}; known monkeys: {sorted(MONKEYS)} (a subject is registered from"
+            f" {resolve_path('data') / SUBJECTS} or with load_subjects(data_dir))"
+        )
     return MONKEYS[name]
 
 # %% ../nbs/01_data.ipynb
@@ -121,6 +132,18 @@ def load_registry(path: str | Path) -> list[Monkey]:
         register_monkey(k, v['n_channels'], v.get('sessions', ()))
         for k, v in json.loads(path.read_text()).items()
     ]
+
+SUBJECTS = 'subjects.json'   # a data folder's registry of recorded subjects (written by `neurofc.features`)
+
+def load_subjects(data_dir: str | Path = 'data') -> list[Monkey]:
+    "Register the subjects of `data_dir/subjects.json`; none when the folder has no such file."
+    path = resolve_path(data_dir) / SUBJECTS
+    return load_registry(path) if path.exists() else []
+
+def subject_info(data_dir: str | Path, monkey: str) -> dict | None:
+    "The `subjects.json` entry of `monkey` in `data_dir` (a subject by `neurofc.features`), else None."
+    path = resolve_path(data_dir) / SUBJECTS
+    return json.loads(path.read_text()).get(monkey) if path.exists() else None
 
 register_monkey('affi', 239, [
     dict(key='affi', name='affi', main=True, n_train=985, n_test=122),
@@ -208,6 +231,7 @@ def _find(data_dir: Path, split: str, fname: str) -> Path | None:
 def find_sessions(data_dir: str | Path, monkey: str, split: str = 'train') -> list[Session]:
     """`monkey`'s days in `data_dir`: the registered ones, plus those found from file names
     (`train_data_<monkey>_<day>.npz`; with `split='test'` also `test_data_<monkey>_<day>_masked.npz`)."""
+    if isinstance(monkey, str) and monkey not in MONKEYS: load_subjects(data_dir)   # a recorded subject there
     m, data_dir = get_monkey(monkey), resolve_path(data_dir)
     names = [('train', 'train_data_', '.npz')] + (
         [('test', 'test_data_', '_masked.npz')] if split == 'test' else []

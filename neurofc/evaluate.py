@@ -17,6 +17,7 @@ from neurofc.data import (
     load_session,
     session_path,
     find_sessions,
+    subject_info,
     challenge_mse,
     T_CONTEXT,
 )
@@ -216,6 +217,7 @@ def banner(source, monkey: str, what: str) -> str:
     from neurofc.synthetic import is_synthetic
     synthetic = is_synthetic(source, monkey)
     kind = ('SYNTHETIC data from the built-in µECoG simulator — not challenge results' if synthetic
+            else 'REAL recordings (features by neurofc.features)' if subject_info(source, monkey)
             else 'REAL challenge data')
     return (
         f"<div style='padding:10px;border:3px solid {'#d95f02' if synthetic else '#1b9e77'};font-size:1.2em'>"

@@ -71,7 +71,7 @@ def test_papermill_reads_every_parameter():
     "papermill parses each line of the workflow notebooks' parameters cells (else it prints 'Unable to parse line')."
     import json
     from papermill.translators import PythonTranslator
-    for name in ('train.ipynb', 'report.ipynb'):
+    for name in ('train.ipynb', 'report.ipynb', 'features.ipynb'):
         cells = json.loads((ROOT / 'nbs' / name).read_text())['cells']
         src = next(''.join(c['source']) for c in cells if 'parameters' in c['metadata'].get('tags', []))
         names = [l.split('=')[0].strip() for l in src.splitlines() if l.strip() and not l.lstrip().startswith('#')]
