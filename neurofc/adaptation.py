@@ -24,7 +24,8 @@ from .accuracy import draw_data, code_dir, MONKEYS
 
 # %% auto 0
 __all__ = ['SHOTS', 'MODES', 'TTA', 'PHASES', 'HEAD_PARTS', 'KEY', 'check_shots', 'shot_data', 'head_parts', 'shot_config',
-           'score_day', 'later_days', 'day_rows', 'run', 'md_table', 'plot', 'write_report', 'main']
+           'score_day', 'later_days', 'day_rows', 'run', 'md_table', 'figure', 'plot', 'totals', 'totals_table',
+           'write_report', 'main']
 
 # %% ../nbs/13a_adaptation.ipynb
 SHOTS = (0, 8, 32, 'all')               # labelled trials of the held-out day
@@ -173,11 +174,9 @@ def md_table(df: pd.DataFrame) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/13a_adaptation.ipynb
-def plot(df: pd.DataFrame, path: Path):
+def figure(df: pd.DataFrame):
     """Test MSE against k per held-out day (panels): colour = test-time method, line = fine-tune mode (solid:
-    everything, dashed: the head only), starting at k = 0; the dashed black line is the all-days yardstick."""
-    import matplotlib
-    matplotlib.use('Agg')
+    everything, dashed: the head only), starting at k = 0; the dotted black line is the all-days yardstick."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     panels = list(df.groupby(['draw', 'monkey', 'phase', 'day'], sort=False))
@@ -208,8 +207,38 @@ def plot(df: pd.DataFrame, path: Path):
                 Line2D([], [], color='k', ls=':', label='all days (yardstick)')]
     fig.legend(handles=handles, loc='lower center', ncol=min(len(handles), 8), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.8 / (3.4 * rows + 0.8), 1, 1))
-    fig.savefig(path, dpi=110)
     plt.close(fig)
+    return fig
+
+def plot(df: pd.DataFrame, path: Path):
+    "`figure(df)` written to `path`."
+    figure(df).savefig(path, dpi=110)
+
+# %% ../nbs/13a_adaptation.ipynb
+def totals(df: pd.DataFrame) -> pd.DataFrame:
+    "Per (draw, monkey, phase, k, mode, tta): mean MSE over held-out days, and its ratio to the yardstick's."
+    d = df.assign(k=df.k.astype(str))
+    day = ['draw', 'monkey', 'phase', 'day']
+    yard = d[d.k == 'all days'].set_index(day).mse.rename('yard')
+    rest = d[d.k != 'all days'].join(yard, on=day)
+    g = rest.groupby(['draw', 'monkey', 'phase', 'k', 'mode', 'tta'], sort=False).agg(
+        mse=('mse', 'mean'), yard=('yard', 'mean'), days=('day', 'nunique'))
+    g['÷ all days'] = g.mse / g.yard
+    return g.drop(columns='yard').reset_index()
+
+# %% ../nbs/13a_adaptation.ipynb
+def totals_table(df: pd.DataFrame) -> pd.DataFrame:
+    """`totals`, one row per (draw, monkey, phase, k, fine-tune) and one column per test-time method:
+    'MSE (÷)', with the count of days where a method has fewer than the row."""
+    t = totals(df)
+    idx = ['draw', 'monkey', 'phase', 'k', 'mode']
+    t['of'] = t.groupby(idx, sort=False).days.transform('max')
+    t['cell'] = [f"{m:,.0f} ({r:.2f}" + (f"; {d} of {n} days)" if d < n else ')')
+                 for m, r, d, n in zip(t.mse, t['÷ all days'], t.days, t['of'])]
+    w = t.pivot_table(index=idx + ['of'], columns='tta', values='cell', aggfunc='first', sort=False)
+    w = w[[c for c in TTA if c in w.columns]].fillna('–').reset_index()
+    w = w.sort_values(idx[:4], key=lambda c: c.map(_k_order) if c.name == 'k' else c)
+    return w.rename(columns={'mode': 'fine-tune', 'of': 'held-out days'}).reset_index(drop=True)
 
 # %% ../nbs/13a_adaptation.ipynb
 def write_report(df: pd.DataFrame, out='reports', quick: bool = False, command: str | None = None) -> Path:
@@ -236,6 +265,11 @@ def write_report(df: pd.DataFrame, out='reports', quick: bool = False, command: 
         "self-supervised steps; stitched models only).",
         '',
         md_table(df),
+        '',
+        "**Totals over the held-out days** (mean MSE, as the challenge totals its files; in brackets ÷ the "
+        "all-days yardstick's mean over the same days):",
+        '',
+        totals_table(df).to_markdown(index=False),
         '',
         'Seconds per test file (forecast included, this machine; median / max): ' + '; '.join(
             f"{t} {g.seconds.median():.1f} / {g.seconds.max():.1f}"
