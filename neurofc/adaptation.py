@@ -17,7 +17,7 @@ from .data import MonkeyData, load_monkey, find_sessions, challenge_mse
 from .evaluate import load_test_sets
 from .config import RunConfig, phase_config
 from .runs import load_run, read_json, code_fingerprint
-from .transfer import model_parts
+from .core import model_parts
 from .train import fit, with_pretrained
 from .tta import reconstructs
 from .accuracy import draw_data, code_dir, MONKEYS

@@ -226,17 +226,8 @@ class RunConfig(Config):
 # %% ../nbs/05_config.ipynb
 # measured on the accuracy benchmark (`neurofc.accuracy`): narrow and fast, a high learning rate annealed over
 # the run, the sums over channels started as means, the forecast a change from the last bin
-_COMPETE = dict(
-    hidden=32,
-    heads=1,
-    layers=1,
-    d_ff=128,
-    dropout=0.0,
-    adaptor=False,
-    adj_mean=True,
-    residual=True,
-    population=256,
-    session_embedding=True,
+_SMALL = dict(hidden=32, heads=1, layers=1, d_ff=128, dropout=0.0, residual=True)   # compete's network size
+_FAST = dict(                       # compete's optimisation: short warm-up, annealing, EMA weights when they win
     optimizer='adamw',
     lr=2e-3,
     weight_decay=1e-4,
@@ -248,6 +239,7 @@ _COMPETE = dict(
     ema_decay=0.999,
     predictor='ema',
 )
+_COMPETE = dict(**_SMALL, adaptor=False, adj_mean=True, population=256, session_embedding=True, **_FAST)
 _REFERENCE = dict(
     hidden=64,
     heads=1,
@@ -284,23 +276,9 @@ _TRANSFER = dict(
     pretrain=True,
     latents=64,
     adapter='linear',
-    hidden=32,
-    heads=1,
-    layers=1,
-    d_ff=128,
-    dropout=0.0,
-    residual=True,
+    **_SMALL,
     session_embedding=False,
-    optimizer='adamw',
-    lr=2e-3,
-    weight_decay=1e-4,
-    scheduler='anneal',
-    warmup=1,
-    epochs=300,
-    patience=40,
-    val_every=5,
-    ema_decay=0.999,
-    predictor='ema',
+    **_FAST,
     freeze=('te', 'si', 'tr'),
     freeze_epochs=1,
     pretrain_epochs=100,

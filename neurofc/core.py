@@ -12,7 +12,8 @@ import torch
 
 # %% auto 0
 __all__ = ['T_CONTEXT', 'T_TOTAL', 'N_FEATURES', 'get_device', 'seed_everything', 'project_root', 'resolve_path', 'file_digest',
-           'Config', 'mask_future', 'check_array', 'Stats', 'compute_stats', 'normalize', 'denormalize_lmp']
+           'Config', 'mask_future', 'check_array', 'Stats', 'compute_stats', 'normalize', 'denormalize_lmp',
+           'model_parts', 'check_parts']
 
 # %% ../nbs/00_core.ipynb
 _KINDS = ('cpu', 'cuda', 'mps')
@@ -288,3 +289,17 @@ def normalize(x, stats: Stats, scale: float = 4.0):
 def denormalize_lmp(y, stats: Stats, scale: float = 4.0):
     "Inverse of `normalize` on LMP (feature 0) predictions `y` (..., C)."
     return y * (scale * _like(stats.std[..., 0], y)) + _like(stats.mean[..., 0], y)
+
+# %% ../nbs/00_core.ipynb
+def model_parts(model: torch.nn.Module) -> list[str]:
+    "`model`'s top-level modules that hold parameters."
+    return [n for n, m in model.named_children() if any(True for _ in m.parameters())]
+
+def check_parts(model: torch.nn.Module, names, what: str = 'parts') -> list[str]:
+    """`names` as a list, each a part of `model` or a dotted submodule of one, with parameters; anything else is an
+    error naming the setting `what` and the model's parts."""
+    mods = dict(model.named_modules())
+    if bad := [n for n in names if n not in mods or not any(True for _ in mods[n].parameters())]:
+        raise ValueError(f"{what}: {bad} is not a part of this {type(model).__name__} with parameters; its "
+                         f"parts: {model_parts(model)} (or a dotted submodule of one)")
+    return list(names)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import neurofc
-from .core import get_device, seed_everything, resolve_path
+from .core import get_device, seed_everything, resolve_path, check_parts
 from .data import (MonkeyData, Stats, DeviceBatcher, Batch, load_monkey, normalize, mask_future,
                           challenge_mse, T_CONTEXT)
 from .infer import Forecaster, SessionRouter
@@ -41,7 +41,7 @@ from neurofc.runs import (
 from .config import RunConfig, phase_config, build_model
 from .fast import accelerate
 from .losses import forecast_mse, forecast_huber, mmd_loss, spectral_loss, variance_weights
-from .transfer import source_state, load_partial, check_freeze, set_frozen
+from .transfer import source_state, load_partial, set_frozen
 
 # %% auto 0
 __all__ = ['LineProgress', 'progress_bar', 'lr_factor', 'is_cycle_end', 'ema_decay', 'EMA', 'augment', 'mixup', 'score_sessions',
@@ -318,7 +318,7 @@ class Run:
         if cfg.init_from and new:
             state, f = source_state(cfg.init_from)
             self.init = load_partial(self.model, state, f)
-        self.frozen = check_freeze(self.model, cfg.freeze)
+        self.frozen = check_parts(self.model, cfg.freeze, 'freeze')
         self.step = TrainStep(cfg, self.model, dev, loss_weight(cfg, data, dev))
         self.batcher = DeviceBatcher(data.train, cfg.batch, dev, seed=seed, stats=data.stats)
         self.state = dict(

@@ -13,7 +13,7 @@ from .core import resolve_path
 from .runs import load_checkpoint, read_json
 
 # %% auto 0
-__all__ = ['source_state', 'load_partial', 'model_parts', 'check_freeze', 'set_frozen']
+__all__ = ['source_state', 'load_partial', 'set_frozen']
 
 # %% ../nbs/06b_transfer.ipynb
 def source_state(path: str | Path) -> tuple[dict, Path]:
@@ -53,19 +53,6 @@ def load_partial(model: nn.Module, state: dict, source: str | Path = 'the checkp
                             for k in state if k in own and k not in fits})
 
 # %% ../nbs/06b_transfer.ipynb
-def model_parts(model: nn.Module) -> list[str]:
-    "`model`'s top-level modules that hold parameters: what `freeze` names (dotted submodules too)."
-    return [n for n, m in model.named_children() if any(True for _ in m.parameters())]
-
-def check_freeze(model: nn.Module, names) -> list[str]:
-    "`names` as a list, each a module of `model` with parameters; an unknown name is an error listing them."
-    mods = dict(model.named_modules())
-    bad = [n for n in names if n not in mods or not any(True for _ in mods[n].parameters())]
-    if bad:
-        raise ValueError(f"freeze: {bad} is not a part of this {type(model).__name__} with parameters; its "
-                         f"parts: {model_parts(model)} (or a dotted submodule of one)")
-    return list(names)
-
 def set_frozen(model: nn.Module, names, frozen: bool):
     "Switch the gradients of the parts `names` off (`frozen`) or on."
     mods = dict(model.named_modules())

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn, Tensor
 
-from .core import Stats, compute_stats, T_CONTEXT
+from .core import Stats, compute_stats, T_CONTEXT, check_parts
 from .stitch import mask_trials, masked_loss
 
 # %% auto 0
@@ -53,11 +53,7 @@ def adapt_steps(model: nn.Module,
                          f"forward(..., start=0) (model='stitched'), found {type(model).__name__}")
     m = copy.deepcopy(model).eval()
     mods = dict(m.named_modules())
-    bad = [p for p in parts if p not in mods or not any(True for _ in mods[p].parameters())]
-    if bad:
-        own = [n for n, c in m.named_children() if any(True for _ in c.parameters())]
-        raise ValueError(f"adapt_parts: {bad} is not a part of this {type(model).__name__} with parameters; "
-                         f"its parts: {own}")
+    check_parts(m, parts, 'adapt_parts')
     m.requires_grad_(False)
     params = [p for n in parts for p in mods[n].parameters()]
     for p in params: p.requires_grad_(True)
