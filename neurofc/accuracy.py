@@ -23,7 +23,8 @@ from .evaluate import evaluate, load_test_sets
 # %% auto 0
 __all__ = ['MODELS', 'ABLATIONS', 'BUDGETS', 'DRAWS', 'MONKEYS', 'CLOSED_FORM', 'BASELINES', 'split_ensemble', 'split_final',
            'phase_model', 'accuracy_config', 'draw_data', 'cell_dir', 'time_to', 'preset_changes', 'score_cell',
-           'trial_counts', 'code_dir', 'run', 'add_ratios', 'md_table', 'plot', 'write_report', 'main']
+           'trial_counts', 'code_dir', 'log_command', 'commands', 'run', 'add_ratios', 'md_table', 'plot',
+           'write_report', 'report', 'main']
 
 # %% ../nbs/13_accuracy.ipynb
 MODELS = ('persistence', 'ridge', 'gru', 'paper', 'reference', 'compete', 'transfer')
@@ -38,6 +39,11 @@ ABLATIONS = {
     'compete-score-weighted': ('compete', dict(channel_weight='score')),
     'compete-hidden64': ('compete', dict(hidden=64, d_ff=256)),
     'compete-channel-attention': ('compete', dict(channel_attention=True)),
+    # the reference preset's augmentation and mixup, which compete has none of
+    'compete-augmented': ('compete', dict(mixup_alpha=0.15, jitter=0.01, scale_aug=0.05, channel_dropout=0.05,
+                                          phase_aug=0.1)),
+    # the transfer phase's network, trained from scratch: what pretraining adds
+    'transfer-no-pretrain': ('transfer', dict(pretrain=False, freeze=(), freeze_epochs=0)),
 }
 BUDGETS = (2, 10, 30)       # minutes of training (and validation) per model
 DRAWS = (0, 1)              # independent simulator draws (their seeds)
@@ -75,7 +81,9 @@ def phase_model(name: str) -> tuple[str, str, dict]:
     name = _base(name)
     if name in BASELINES: return 'paper', name, {}
     if name in PHASES: return name, PHASE_DEFAULTS[name].get('model', 'amag'), {}
-    if name in ABLATIONS: return ABLATIONS[name][0], 'amag', dict(ABLATIONS[name][1])
+    if name in ABLATIONS:
+        phase, changes = ABLATIONS[name]
+        return phase, PHASE_DEFAULTS[phase].get('model', 'amag'), dict(changes)
     raise ValueError(f"Unknown benchmark model {name!r}; known: {[*MODELS, *ABLATIONS]}")
 
 # %% ../nbs/13_accuracy.ipynb
@@ -170,6 +178,18 @@ def code_dir(runs_dir: str | Path) -> Path:
     the code starts a new table; earlier cells stay on disk, untouched."""
     return resolve_path(runs_dir) / f"code-{code_fingerprint()['source_sha256'][:8]}"
 
+def log_command(root: Path, command: str):
+    "Append `command` to `root/commands.txt` (what scored a code's cells) unless it is the file's last line."
+    root.mkdir(parents=True, exist_ok=True)
+    f = root / 'commands.txt'
+    if commands(root)[-1:] != [command]:
+        with f.open('a') as fh: fh.write(command + '\n')
+
+def commands(root: Path) -> list[str]:
+    "The commands recorded in `root/commands.txt`, oldest first, each once."
+    f = root / 'commands.txt'
+    return list(dict.fromkeys(l for l in f.read_text().splitlines() if l)) if f.exists() else []
+
 def _order(df: pd.DataFrame) -> pd.DataFrame:
     rank = {n: i for i, n in enumerate([*MODELS, *ABLATIONS])}
     order = lambda n: rank.get(n, rank.get(_base(n), len(rank)) + 0.5)   # ensembles, final fits: after
@@ -178,11 +198,12 @@ def _order(df: pd.DataFrame) -> pd.DataFrame:
 
 def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='runs/accuracy', out='reports',
         seed: int = 0, device: str = 'auto', quick: bool = False, progress: bool = True,
-        command: str | None = None) -> pd.DataFrame:
+        command: str | None = None, stem: str = 'accuracy') -> pd.DataFrame:
     """Train and score the chosen cells (reusing finished runs); the table — every cell scored so far with
     this code (`code_dir(runs_dir)/scores.csv`) — and the report are rewritten after each cell."""
     root, loaded, trials = code_dir(runs_dir), {}, {}
     scores = root / 'scores.csv'
+    if command: log_command(root, command)
     table = pd.read_csv(scores) if scores.exists() else pd.DataFrame()
     cells = [(d, mk, b, n) for d in draws for mk in monkeys for b in budgets for n in models]
     for i, (draw, monkey, budget, name) in enumerate(cells):
@@ -226,7 +247,7 @@ def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='
         root.mkdir(parents=True, exist_ok=True)
         table.to_csv(scores, index=False)
         table = pd.read_csv(scores)            # what a later invocation reads back
-        write_report(table, out, root, quick, command)
+        write_report(table, out, root, quick, command, stem)
     return table
 
 # %% ../nbs/13_accuracy.ipynb
@@ -289,8 +310,9 @@ def md_table(df: pd.DataFrame) -> str:
 
 # %% ../nbs/13_accuracy.ipynb
 def plot(df: pd.DataFrame, runs: Path, path: Path):
-    "Test total ÷ oracle against the budget, and validation curves at the largest budget, per monkey."
-    import matplotlib
+    """Test total ÷ oracle against the budget (a marker per draw), and validation curves at the largest
+    budget, per monkey."""
+    import itertools, matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     monkeys = list(dict.fromkeys(df.monkey))
@@ -300,19 +322,26 @@ def plot(df: pd.DataFrame, runs: Path, path: Path):
     # ablations dashed, ensembles dotted, final fits dash-dotted
     style = lambda name: (':' if split_ensemble(name)[1] > 1 else '-.' if split_final(name)[1]
                           else '--' if name in ABLATIONS else '-')
+    marks = dict(zip(sorted(df.draw.unique()), itertools.cycle('osD^v<>')))   # a marker per draw, every panel
     fig, axes = plt.subplots(len(monkeys), 2, figsize=(12, 4 * len(monkeys)), squeeze=False)
     for (ax1, ax2), monkey in zip(axes, monkeys):
         d = df[df.monkey == monkey]
         for name, g in d.groupby('model', sort=False):
-            g = g.groupby('budget_min')['÷ oracle'].mean()
-            ax1.plot(g.index, g.values, 'o', ls=style(name), label=name, color=color(name))
-        ax1.set(xlabel='training budget (minutes)', ylabel='test total ÷ oracle (mean over draws)',
+            for j, (draw, gd) in enumerate(g.sort_values('budget_min').groupby('draw')):
+                ax1.plot(gd.budget_min, gd['÷ oracle'], marker=marks[draw], ls=style(name), color=color(name),
+                         label=name if j == 0 else None)
+        ax1.set(xlabel='training budget (minutes)', ylabel='test total ÷ oracle',
                 title=f'{monkey}: test error by budget', yscale='log')
-        ax1.legend(fontsize=8)
+        hs, _ = ax1.get_legend_handles_labels()
+        hs += [plt.Line2D([], [], marker=marks[k], ls='', color='grey', label=f'draw {k}')
+               for k in sorted(d.draw.unique())]
+        ax1.legend(handles=hs, fontsize=8)
         top = d.budget_min.max()
+        drawn = set()                       # a closed form's one run stands in a row per budget: one line
         for r in d[(d.budget_min == top) | d.model.isin(CLOSED_FORM)].itertuples():
             # ensembles: see their seeds; final fits: no validation curve
-            if r.draw != d.draw.min() or ' + ' in r.run or split_final(r.model)[1]: continue
+            if r.draw != d.draw.min() or ' + ' in r.run or split_final(r.model)[1] or r.run in drawn: continue
+            drawn.add(r.run)
             if r.model in CLOSED_FORM:
                 ax2.axhline(r.val_total, ls='--', lw=1, color=color(r.model),
                             label=f'{r.model} (closed form)')
@@ -338,18 +367,22 @@ def write_report(
     runs: Path,
     quick: bool = False,
     command: str | None = None,
+    name: str = 'accuracy',          # the files' stem: another table (another code's, say) beside this one
 ):
-    "`accuracy.csv`, `accuracy.md` and `accuracy.png` in `out`, from the table of finished cells."
+    "`<name>.csv`, `<name>.md` and `<name>.png` in `out`, from the table of finished cells."
     out = resolve_path(out)
     out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / 'accuracy.csv', index=False)
-    plot(df, runs, out / 'accuracy.png')
+    df.to_csv(out / f'{name}.csv', index=False)
+    plot(df, runs, out / f'{name}.png')
     now = datetime.datetime.now().isoformat(timespec='seconds')
+    cmds = commands(Path(runs))
+    ran = ' · '.join(f'`{c}`' for c in cmds)
     head = [
         '# neurofc accuracy benchmark',
         '',
-        f"Last command: `{command or 'python -m neurofc.accuracy'}` (the table keeps every cell scored with"
-        f" this training code, from earlier commands too) · neurofc {neurofc.__version__} · commit "
+        f"Commands recorded for these cells (training code `{Path(runs).name}`): {ran or 'none recorded'}"
+        + (f" · this report: `{command}`" if command and command not in cmds else '')
+        + f" · neurofc {neurofc.__version__} · commit "
         f"{(_git_commit() or 'unknown')[:12]} · written {now} · torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"
         + (' · **quick mode: a smoke run, not a measurement**' if quick else ''),
@@ -380,7 +413,21 @@ def write_report(
         body += [f'## {monkey}, draw {draw}', '']
         if 'trials' in g: body += [f"Trials per day (train / validation / test): {g.trials.iloc[0]}", '']
         body += [md_table(g), '']
-    (out / 'accuracy.md').write_text('\n'.join(head + body + ['![accuracy](accuracy.png)', '']))
+    (out / f'{name}.md').write_text('\n'.join(head + body + [f'![{name}]({name}.png)', '']))
+
+def report(runs_dir='runs/accuracy', out='reports', code: str | None = None, quick: bool = False,
+           command: str | None = None, name: str = 'accuracy') -> pd.DataFrame:
+    """Rewrite the report from the cells already scored — of the present training code, or of an earlier one
+    (`code`: its hash, `runs_dir/code-<hash>`) — training nothing."""
+    root = code_dir(runs_dir) if code is None else resolve_path(runs_dir) / f'code-{code}'
+    scores = root / 'scores.csv'
+    if not scores.exists():
+        have = sorted(p.parent.name[5:] for p in resolve_path(runs_dir).glob('code-*/scores.csv'))
+        raise FileNotFoundError(f"No benchmark table {scores}: expected the scores.csv of training code "
+                                f"{root.name[5:]}; tables found in {runs_dir}: {have or 'none'}")
+    table = pd.read_csv(scores)
+    write_report(table, out, root, quick, command, name)
+    return table
 
 # %% ../nbs/13_accuracy.ipynb
 def _row_name(name: str) -> str:
@@ -400,19 +447,30 @@ def main(argv: list[str] | None = None):
     ap.add_argument('--budgets', nargs='+', type=float, default=list(BUDGETS), help='minutes per model')
     ap.add_argument('--runs-dir', default='runs/accuracy')
     ap.add_argument('--out', default='reports')
+    ap.add_argument('--name', default='accuracy', help="the report files' stem: OUT/NAME.md, .csv, .png")
     ap.add_argument('--device', default='auto')
     ap.add_argument(
         '--quick', action='store_true', help='tiny models and data: a smoke run, not a measurement'
     )
+    ap.add_argument('--report-only', action='store_true',
+                    help='rewrite the report from the cells already scored, training nothing')
+    ap.add_argument('--code', metavar='HASH', help="with --report-only: an earlier training code's table "
+                    "(runs-dir/code-HASH); default: the present code's")
     a = ap.parse_args(argv)
-    cmd = 'python -m neurofc.accuracy ' + ' '.join(argv if argv is not None else sys.argv[1:])
-    t = run(a.models, a.monkeys, a.draws, a.budgets, a.runs_dir, a.out, device=a.device, quick=a.quick,
-            command=cmd.strip())
-    print(f"wrote {resolve_path(a.out) / 'accuracy.md'}")
+    cmd = ('python -m neurofc.accuracy ' + ' '.join(argv if argv is not None else sys.argv[1:])).strip()
+    if a.code and not a.report_only:
+        ap.error(f"--code {a.code} needs --report-only: training always runs the present code "
+                 f"({code_dir(a.runs_dir).name})")
+    code = a.code.removeprefix('code-') if a.code else None
+    if a.report_only: t = report(a.runs_dir, a.out, code, a.quick, cmd, a.name)
+    else: t = run(a.models, a.monkeys, a.draws, a.budgets, a.runs_dir, a.out, device=a.device, quick=a.quick,
+                  command=cmd, stem=a.name)
+    print(f"wrote {resolve_path(a.out) / a.name}.md")
     return t
 
 # %% ../nbs/13_accuracy.ipynb
 #| eval: false
 if __name__ == '__main__':
     try: main()
-    except (FileExistsError, ValueError, RuntimeError) as e: sys.exit(f"neurofc.accuracy: {e}")
+    except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
+        sys.exit(f"neurofc.accuracy: {e}")

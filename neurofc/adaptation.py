@@ -4,7 +4,7 @@
 
 # %% ../nbs/13a_adaptation.ipynb 2
 from __future__ import annotations
-import argparse, contextlib, dataclasses, io, math, os, sys, time
+import argparse, contextlib, dataclasses, io, math, shutil, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -12,20 +12,21 @@ import pandas as pd
 import torch
 
 import neurofc
-from .core import resolve_path, compute_stats, T_CONTEXT
+from .core import resolve_path, compute_stats
 from .data import MonkeyData, load_monkey, find_sessions, challenge_mse
 from .evaluate import load_test_sets
 from .config import RunConfig, phase_config
-from .runs import load_run, read_json, code_fingerprint
+from .runs import load_run, code_fingerprint
 from .core import model_parts
 from .train import fit, with_pretrained
 from .tta import reconstructs
-from .accuracy import draw_data, code_dir, MONKEYS
+from .accuracy import draw_data, code_dir, MONKEYS, log_command, commands
+from .synthetic import add_days, extra_keys, is_synthetic, synthetic_info
 
 # %% auto 0
 __all__ = ['SHOTS', 'MODES', 'TTA', 'PHASES', 'HEAD_PARTS', 'KEY', 'check_shots', 'shot_data', 'head_parts', 'shot_config',
-           'score_day', 'later_days', 'day_rows', 'run', 'md_table', 'figure', 'plot', 'totals', 'totals_table',
-           'write_report', 'main']
+           'score_day', 'days_tree', 'later_days', 'day_rows', 'with_extra', 'labelled', 'run', 'md_table', 'figure',
+           'plot', 'totals', 'totals_table', 'write_report', 'main']
 
 # %% ../nbs/13a_adaptation.ipynb
 SHOTS = (0, 8, 32, 'all')               # labelled trials of the held-out day
@@ -79,6 +80,28 @@ def score_day(run_dir: Path, x: np.ndarray, truth: np.ndarray, tta: str) -> dict
     return dict(mse=challenge_mse(y, truth), seconds=time.perf_counter() - t0)
 
 # %% ../nbs/13a_adaptation.ipynb
+def days_tree(draw: int, extra: int, monkeys=MONKEYS, root='data') -> Path:
+    """The data of `draw` (`accuracy.draw_data`) plus `extra` simulated later days per monkey
+    (`synthetic.add_days`, keys `<monkey>_sim-day<j>`), in `root/synthetic-days/draw<draw>+<extra>`; written
+    once. `extra=0`: the draw's own tree."""
+    if not extra: return [draw_data(draw, m, root) for m in monkeys][0]      # one tree holds every monkey
+    out = resolve_path(root) / 'synthetic-days' / f'draw{draw}+{extra}'
+    for m in monkeys:
+        src = draw_data(draw, m, root)
+        files = [f for s in find_sessions(src, m) if not s.discovered
+                 for f in (f'train/{s.train_file}', f'test/{s.test_file}', f'test_truth/{s.truth_file}',
+                           f'test_truth/oracle_{s.key}.npz')]
+        keys = extra_keys(m, extra)
+        done = [out / 'train' / f'train_data_{k}.npz' for k in keys] + [out / f for f in files]
+        same = is_synthetic(out, m) and synthetic_info(out, m) == synthetic_info(src, m)  # not a stale copy
+        if same and all(p.exists() for p in done): continue
+        for f in files:
+            (out / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / f, out / f)
+        add_days(out, m, extra, seed=draw)
+        shutil.copy2(src / f'synthetic_{m}.json', out / f'synthetic_{m}.json')     # the marker last: complete
+    return out
+
 def later_days(data_dir: Path, monkey: str) -> list[str]:
     "`monkey`'s days in `data_dir` after its main one."
     return [s.key for s in find_sessions(data_dir, monkey) if not s.main]
@@ -119,38 +142,53 @@ def day_rows(cfg: RunConfig, full: MonkeyData, day: str, test: dict, cell: Path,
     return rows
 
 # %% ../nbs/13a_adaptation.ipynb
-KEY = ['draw', 'monkey', 'phase', 'day', 'minutes']
+def with_extra(df: pd.DataFrame) -> pd.DataFrame:
+    "`df` with its `extra_days` column (0 in a table written before there were extra days)."
+    if 'extra_days' in df: return df
+    return df.assign(extra_days=0)[[*df.columns[:1], 'extra_days', *df.columns[1:]]]
+
+def labelled(df: pd.DataFrame) -> pd.DataFrame:
+    "`df` for reading: `draw` names the data (`0`, or `0 + 2 sim. days`), `extra_days` folded into it."
+    d = with_extra(df)
+    lab = [f"{a}" + (f" + {int(e)} sim. days" if e else '') for a, e in zip(d.draw, d.extra_days)]
+    return d.assign(draw=lab).drop(columns='extra_days')
+
+KEY = ['draw', 'extra_days', 'monkey', 'phase', 'day', 'minutes']
 
 def run(draws=(0,), monkeys=('beignet', 'affi'), phases=PHASES, shots=SHOTS, modes=MODES, minutes: float = 10,
         pretrain_minutes: float = 10, steps: int = 200, runs_dir='runs/adaptation', out='reports',
-        device: str = 'auto', quick: bool = False, progress: bool = True, command: str | None = None):
-    "Train, adapt and score every held-out day (reusing finished runs); the table and report follow each day."
+        device: str = 'auto', quick: bool = False, progress: bool = True, command: str | None = None,
+        extra_days: int = 0, data_root='data'):
+    """Train, adapt and score every held-out day (reusing finished runs); the table and report follow each
+    day. `extra_days`: simulated later days added to each monkey's (`days_tree`), held out in turn too."""
     root, shots = code_dir(runs_dir), check_shots(shots)
     path = root / 'scores.csv'
-    table = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    table = with_extra(pd.read_csv(path)) if path.exists() else pd.DataFrame()
+    if command: log_command(root, command)
     for draw, monkey, phase in ((d, m, p) for d in draws for m in monkeys for p in phases):
-        say = lambda t: print(f"draw{draw} {monkey} {phase}: {t}", flush=True) if progress else None
-        data_dir = draw_data(draw, monkey)
+        tag = f'draw{draw}' + (f'+{extra_days}' if extra_days else '')     # the data: a draw, its extra days
+        say = lambda t: print(f"{tag} {monkey} {phase}: {t}", flush=True) if progress else None
+        data_dir = days_tree(draw, extra_days, MONKEYS if phase == 'transfer' else (monkey,), data_root)
         full = load_monkey(data_dir, monkey)
         tests = {t['key']: t for t in load_test_sets(data_dir, monkey).values()}
         kw = {}
         if phase == 'transfer':                    # pretrained on both arrays, whichever is scored
-            for m in MONKEYS: draw_data(draw, m)
             kw = dict(pretrain_minutes=pretrain_minutes, pretrain_monkeys=MONKEYS)
         cfg = phase_config(phase, monkey, quick=quick, max_minutes=minutes, **kw)
-        cell, pre = root / f'draw{draw}' / monkey / f'{minutes:g}min', root / f'draw{draw}' / 'pretrain'
+        cell, pre = root / tag / monkey / f'{minutes:g}min', root / tag / 'pretrain'
         say("every day")
         _train(cfg, full, cell / 'all-days' / f'{phase}-seed0', device, (pre, ()))
         for day in later_days(data_dir, monkey):
             rows = day_rows(cfg, full, day, tests[day], cell, pre, data_dir, shots, modes, steps, device, say)
-            new = pd.DataFrame([dict(zip(KEY, (draw, monkey, phase, day, minutes)), **r) for r in rows])
+            new = pd.DataFrame([dict(zip(KEY, (draw, extra_days, monkey, phase, day, minutes)), **r)
+                                for r in rows])
             new['÷ all days'] = new.mse / new.mse.iloc[0]
             if len(table): table = table[~(table[KEY] == new[KEY].iloc[0]).all(axis=1)]
             table = pd.concat([table, new], ignore_index=True)
             root.mkdir(parents=True, exist_ok=True)
             table.to_csv(path, index=False)
             table = pd.read_csv(path)
-            write_report(table, out, quick, command)
+            write_report(table, out, quick, command, root)
     return table
 
 # %% ../nbs/13a_adaptation.ipynb
@@ -159,6 +197,7 @@ def _k_order(k) -> float: return {'all days': 1e9, 'all': 1e8}.get(str(k), None)
 def md_table(df: pd.DataFrame) -> str:
     "One row per (monkey, phase, day, k, mode); MSE and ÷ all days per test-time method."
     idx = ['draw', 'monkey', 'phase', 'day', 'k', 'mode']
+    df = labelled(df)
     wide = df.assign(k=df.k.astype(str)).pivot_table(index=idx, columns='tta', values=['mse', '÷ all days'],
                                                       aggfunc='first', sort=False)
     cols = [(v, t) for t in TTA for v in ('mse', '÷ all days') if (v, t) in wide.columns]
@@ -179,7 +218,7 @@ def figure(df: pd.DataFrame):
     everything, dashed: the head only), starting at k = 0; the dotted black line is the all-days yardstick."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-    panels = list(df.groupby(['draw', 'monkey', 'phase', 'day'], sort=False))
+    panels = list(labelled(df).groupby(['draw', 'monkey', 'phase', 'day'], sort=False))
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows + 0.8), squeeze=False)
@@ -198,7 +237,7 @@ def figure(df: pd.DataFrame):
             ax.plot(h.k.map(ks.index), h.mse, style[mode], marker='o', ms=3, color=colour[tta])
         ax.set_xticks(range(len(ks)), ks)
         ax.set(xlabel='labelled trials of the held-out day (k)', ylabel='test MSE')
-        ax.set_title(f"{monkey} draw{draw} {phase}: {day}", fontsize=9)
+        ax.set_title(f"{monkey}, draw {draw}, {phase}: {day}", fontsize=9)
     for ax in axes.flat[len(panels):]: ax.axis('off')
     seen = set(df.tta)
     handles = [Line2D([], [], color=colour[t], marker='o', label=f'tta: {t}') for t in TTA if t in seen]
@@ -217,7 +256,8 @@ def plot(df: pd.DataFrame, path: Path):
 # %% ../nbs/13a_adaptation.ipynb
 def totals(df: pd.DataFrame) -> pd.DataFrame:
     "Per (draw, monkey, phase, k, mode, tta): mean MSE over held-out days, and its ratio to the yardstick's."
-    d = df.assign(k=df.k.astype(str))
+    d = labelled(df)
+    d = d.assign(k=d.k.astype(str))
     day = ['draw', 'monkey', 'phase', 'day']
     yard = d[d.k == 'all days'].set_index(day).mse.rename('yard')
     rest = d[d.k != 'all days'].join(yard, on=day)
@@ -241,20 +281,24 @@ def totals_table(df: pd.DataFrame) -> pd.DataFrame:
     return w.rename(columns={'mode': 'fine-tune', 'of': 'held-out days'}).reset_index(drop=True)
 
 # %% ../nbs/13a_adaptation.ipynb
-def write_report(df: pd.DataFrame, out='reports', quick: bool = False, command: str | None = None) -> Path:
-    "`adaptation.md`, `.csv` and `.png` in `out` (`adaptation-quick.*` in quick mode)."
+def write_report(df: pd.DataFrame, out='reports', quick: bool = False, command: str | None = None,
+                 root: Path | None = None) -> Path:
+    """`adaptation.md`, `.csv` and `.png` in `out` (`adaptation-quick.*` in quick mode); `root`: the runs'
+    folder, whose `commands.txt` the header lists."""
     out = resolve_path(out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / ('adaptation-quick' if quick else 'adaptation')
     df.to_csv(stem.with_suffix('.csv'), index=False)
     plot(df, stem.with_suffix('.png'))
     code = code_fingerprint()
+    cmds = commands(root) if root is not None else []
+    ran = ' · '.join(f'`{c}`' for c in cmds) or f"`{command or 'python -m neurofc.adaptation'}`"
     text = [
         '# Adaptation to a held-out day' + (' (quick mode: a smoke test, no measurement)' if quick else ''),
         '',
         '**Synthetic data** (the built-in simulator): not a result on real recordings.',
         '',
-        f"Command: `{command or 'python -m neurofc.adaptation'}` · neurofc {neurofc.__version__} · commit "
+        f"Commands recorded for these rows: {ran} · neurofc {neurofc.__version__} · commit "
         f"{(code.get('commit') or '?')[:12]} · {torch.__version__}, {torch.get_num_threads()} threads",
         '',
         "Test MSE (raw units, as the challenge scores) on each held-out day's test file. `k`: labelled "
@@ -262,7 +306,9 @@ def write_report(df: pd.DataFrame, out='reports', quick: bool = False, command: 
         "trained on every day, the yardstick); `fine-tune`: `head` trains the session embedding or adapters "
         "only, `all` every weight; test-time methods: `none`, `stats` (the file's context statistics), "
         "`coral` (encoder features aligned to the training trials'), `stats+coral`, `stats+steps` (and "
-        "self-supervised steps; stitched models only).",
+        "self-supervised steps; stitched models only). A draw `d + n sim. days` is draw d's data with n "
+        "more later days per monkey from the simulator (`synthetic.add_days`, keys `<monkey>_sim-day<j>`), "
+        "held out in turn like the challenge's.",
         '',
         md_table(df),
         '',
@@ -291,6 +337,8 @@ def main(argv: list[str] | None = None):
     p.add_argument('--modes', nargs='+', default=list(MODES))
     p.add_argument('--minutes', type=float, default=10.0, help='training budget of each run (minutes)')
     p.add_argument('--pretrain-minutes', type=float, default=10.0)
+    p.add_argument('--extra-days', type=int, default=0,
+                   help='simulated later days added to each monkey (synthetic.add_days), held out in turn')
     p.add_argument('--steps', type=int, default=200, help='optimisation steps of a k-shot fine-tune')
     p.add_argument('--runs', default='runs/adaptation')
     p.add_argument('--out', default='reports')
@@ -301,8 +349,9 @@ def main(argv: list[str] | None = None):
         if ph not in PHASES: p.error(f"--phases: unknown phase {ph!r}; known: {list(PHASES)}")
     for m in a.modes:
         if m not in MODES: p.error(f"--modes: unknown mode {m!r}; known: {list(MODES)}")
-    cmd = 'python -m neurofc.adaptation ' + ' '.join(sys.argv[1:] if argv is None else argv)
+    if a.extra_days < 0: p.error(f"--extra-days: expected >= 0, found {a.extra_days}")
+    cmd = ('python -m neurofc.adaptation ' + ' '.join(sys.argv[1:] if argv is None else argv)).strip()
     return run(a.draws, a.monkeys, a.phases, a.shots, a.modes, a.minutes, a.pretrain_minutes, a.steps, a.runs,
-               a.out, a.device, a.quick, True, cmd)
+               a.out, a.device, a.quick, True, cmd, a.extra_days)
 
 if __name__ == '__main__' and not hasattr(sys, 'ps1') and 'ipykernel' not in sys.modules: main()

@@ -270,14 +270,16 @@ _REFERENCE = dict(
     encoder_keep_mb=512,
 )
 # a stitched AMAG pretrained across every monkey's sessions by masked reconstruction (`neurofc.pretrain`),
-# fine-tuned per monkey with its shared parts frozen for the first epoch; otherwise `compete`'s optimisation
+# fine-tuned per monkey with its shared parts frozen for the first epoch; otherwise `compete`: its network
+# size, population pathway (per array, trained in fine-tuning), session embedding and optimisation
 _TRANSFER = dict(
     model='stitched',
     pretrain=True,
     latents=64,
     adapter='linear',
     **_SMALL,
-    session_embedding=False,
+    population=256,
+    session_embedding=True,
     **_FAST,
     freeze=('te', 'si', 'tr'),
     freeze_epochs=1,

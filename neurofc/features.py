@@ -589,8 +589,8 @@ def write_speed(rows: list[dict], out: str | Path = 'reports') -> Path:
         '# Feature extraction speed', '',
         f"Command: `{cmd}` · {datetime.datetime.now().isoformat(timespec='seconds')} · commit "
         f"{(_git_commit() or 'unknown')[:12]} · {cpu_model()}, {os.cpu_count()} cores", '',
-        f"`neurofc.features.extract` of {r.seconds / 3600:g} h of {int(r.channels)} channels at {r.fs:g} Hz (LMP "
-        "and 8 band powers in 30-ms bins, bad-channel rules included), each setting in a fresh process, "
+        f"`neurofc.features.extract` of {r.seconds / 3600:g} h of {int(r.channels)} channels at {r.fs:g} Hz "
+        "(LMP and 8 band powers in 30-ms bins, bad-channel rules included), each setting in a fresh process, "
         "nothing else running. `x_realtime` = recording seconds per wall second (target ≥ 50); "
         "`rss_before_mb` = the process's resident memory before extraction (Python, NumPy, SciPy, torch "
         "and the 10-s noise block); `rss_peak_mb` = its peak during extraction; `extract_mb` = the "

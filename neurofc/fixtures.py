@@ -10,8 +10,8 @@ from pathlib import Path
 from .core import resolve_path
 from .config import phase_config, RunConfig
 from .data import load_monkey, MonkeyData
-from .synthetic import ensure_synthetic, make_days, simulate, oracle_forecast, _rng
-from .data import Session, get_monkey, save_npz, mask_future
+from .synthetic import ensure_synthetic, add_days
+from .data import get_monkey
 from .train import train_seeds
 
 # %% auto 0
@@ -80,18 +80,7 @@ def extra_day_tree(
 ) -> Path:
     """A copy of the synthetic tree of `monkey` in `out` plus one more simulated day (train, masked test,
     truth, oracle)."""
-    out, m = Path(out), get_monkey(monkey)
+    out, m = resolve_path(out), get_monkey(monkey)
     shutil.copytree(synthetic_dir(monkey), out, dirs_exist_ok=True)
-    key = key or f'{m.name}_extra'
-    s = Session(m.name, key, key)  # for the simulator only: one more day after the registered ones
-    m.sessions.append(s)
-    try:
-        day = make_days(m.name, seed=seed)[-1]
-    finally:
-        m.sessions.remove(s)
-    b = simulate(day, n_train + n_test, _rng(seed, m.name, 3, len(m.registered)))
-    save_npz(out / 'train' / s.train_file, b.x[:n_train])
-    save_npz(out / 'test' / s.test_file, mask_future(b.x[n_train:]))
-    save_npz(out / 'test_truth' / s.truth_file, b.x[n_train:])
-    save_npz(out / 'test_truth' / f'oracle_{key}.npz', oracle_forecast(day, b[n_train:]))
+    add_days(out, m.name, 1, seed, n_train, n_test, keys=[key or f'{m.name}_extra'])
     return out

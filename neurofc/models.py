@@ -99,7 +99,7 @@ AMAG_ARGS = ('hidden', 'heads', 'layers', 'd_ff', 'dropout', 'adaptor', 'modulat
              'channel_attention', 'channel_heads', 'session_embedding', 'revin', 'adj_mean', 'residual',
              'population')
 STITCHED_ARGS = ('latents', 'adapter', 'hidden', 'heads', 'layers', 'd_ff', 'dropout', 'modulator',
-                 'session_embedding', 'residual')
+                 'session_embedding', 'residual', 'population')
 MODELS = {
     'amag': ModelSpec(
         AMAG, {a: a for a in AMAG_ARGS}, ('n_channels', 'n_features', 'n_sessions'), _init_amag

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 
 from .core import mask_future, check_array, T_CONTEXT, N_FEATURES
-from .amag import (TemporalEncoder, SpatialInteraction, TemporalReadout, SessionEmbedding, check_heads,
-                          check_session)
+from .amag import (TemporalEncoder, SpatialInteraction, TemporalReadout, SessionEmbedding,
+                          PopulationGRU, check_heads, check_session)
 
 # %% auto 0
 __all__ = ['LinearAdapter', 'AttentionAdapter', 'StitchedAMAG', 'ArrayAMAG', 'mask_trials', 'masked_loss']
@@ -82,6 +82,7 @@ class StitchedAMAG(nn.Module):
                  modulator: bool = True,            # the latent graph's multiplicative messages
                  session_embedding: bool = False,
                  residual: bool = True,             # forecast = last context LMP + TR's output
+                 population: int = 0,               # width of each array's population pathway; 0 = none
                 ):
         super().__init__()
         if not arrays: raise ValueError("StitchedAMAG needs at least one array, e.g. {'beignet': 89}")
@@ -102,6 +103,9 @@ class StitchedAMAG(nn.Module):
         self.si = SpatialInteraction(latents, hidden, adaptor=False, modulator=modulator,
                                      adj_scale=1 / latents)
         self.tr = TemporalReadout(hidden, heads, layers, d_ff, dropout)
+        # AMAG's population pathway, one per array (it reads the array's channels): the forecast only
+        self.pops = (nn.ModuleDict({a: PopulationGRU(c, population) for a, c in arrays.items()})
+                     if population else None)
 
     def adapter(self, array: str, n_channels: int) -> nn.Module:
         "The adapters of `array`, checked against the input's channel count."
@@ -125,6 +129,7 @@ class StitchedAMAG(nn.Module):
         u = e + ad.read_out(self.si(z))                 # the latent graph's messages, back to each channel
         y = self.tr(u, start)                           # (B, 20 - start, C)
         if start == T_CONTEXT:
+            if self.pops is not None: y = y + self.pops[array](x[..., 0])[:, T_CONTEXT:]
             if self.residual: y = y + x[:, T_CONTEXT - 1:T_CONTEXT, :, 0]
             return torch.cat([x[:, :T_CONTEXT, :, 0].to(y.dtype), y], 1)
         return y

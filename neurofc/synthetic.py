@@ -29,7 +29,7 @@ from neurofc.data import (
 # %% auto 0
 __all__ = ['BIN_S', 'N_BANDS', 'SimParams', 'default_params', 'electrode_positions', 'DayModel', 'SimBatch', 'make_days',
            'simulate', 'oracle_forecast', 'write_challenge_like', 'is_synthetic', 'synthetic_info', 'ensure_synthetic',
-           'data_source', 'load_oracle']
+           'data_source', 'extra_keys', 'add_days', 'load_oracle']
 
 # %% ../nbs/02_synthetic.ipynb
 BIN_S = 0.030                  # seconds per bin
@@ -556,6 +556,37 @@ def data_source(data_dir: str | Path, monkey: str) -> Path:
             "the project's data/ folder; the simulator's tree is written under data/synthetic)"
         )
     return data_dir if has_real_data(data_dir, monkey) else ensure_synthetic(data_dir, monkey)
+
+# %% ../nbs/02_synthetic.ipynb
+def extra_keys(monkey: str, n: int) -> list[str]:
+    "Keys of `n` simulated days after `monkey`'s registered ones: `<monkey>_sim-day<j>`, j = 1..n."
+    return [f'{get_monkey(monkey).name}_sim-day{j}' for j in range(1, n + 1)]
+
+def add_days(out_dir: str | Path, monkey: str, n: int = 1, seed: int = 0, n_train: int | None = None,
+             n_test: int | None = None, keys: list[str] | None = None, params: SimParams | None = None
+            ) -> list[str]:
+    """Simulate `n` later days of `monkey` after its registered ones and write their training, masked test,
+    truth and oracle files into `out_dir`; their keys (`extra_keys` unless given)."""
+    out, m = resolve_path(out_dir), get_monkey(monkey)
+    if n < 1: raise ValueError(f"add_days: n is the number of days to add, expected >= 1, found {n}")
+    keys = list(keys or extra_keys(monkey, n))
+    if len(keys) != n: raise ValueError(f"add_days: expected {n} keys, found {len(keys)}: {keys}")
+    known = [k for k in keys if any(s.key == k for s in m.registered)]
+    if known: raise ValueError(f"add_days: {known} are registered days of {m.name}, not new ones")
+    last = _n_trials(m.registered[-1])
+    n_tr, n_te = last[0] if n_train is None else n_train, last[1] if n_test is None else n_test
+    ss = [Session(m.name, k, k) for k in keys]        # for the simulator only: days after the registered ones
+    m.sessions.extend(ss)
+    try: days = make_days(m.name, params, seed)[-n:]
+    finally:
+        for s in ss: m.sessions.remove(s)
+    for i, (day, s) in enumerate(zip(days, ss), len(m.registered)):
+        b = simulate(day, n_tr + n_te, _rng(seed, m.name, 3, i))
+        save_npz(out / 'train' / s.train_file, b.x[:n_tr])
+        save_npz(out / 'test' / s.test_file, mask_future(b.x[n_tr:]))
+        save_npz(out / 'test_truth' / s.truth_file, b.x[n_tr:])
+        save_npz(out / 'test_truth' / _oracle_file(s), oracle_forecast(day, b[n_tr:]))
+    return keys
 
 # %% ../nbs/02_synthetic.ipynb
 def load_oracle(data_dir: str | Path, monkey: str) -> dict[str, np.ndarray]:
