@@ -13,7 +13,7 @@ import torch
 
 import neurofc
 from .core import resolve_path, compute_stats
-from .data import MonkeyData, load_monkey, find_sessions, challenge_mse
+from .data import MonkeyData, Session, load_monkey, find_sessions, challenge_mse
 from .evaluate import load_test_sets
 from .config import RunConfig, phase_config
 from .runs import load_run, code_fingerprint
@@ -21,7 +21,7 @@ from .core import model_parts
 from .train import fit, with_pretrained
 from .tta import reconstructs
 from .accuracy import draw_data, code_dir, MONKEYS, log_command, commands
-from .synthetic import add_days, extra_keys, is_synthetic, synthetic_info
+from .synthetic import add_days, extra_keys, is_synthetic, synthetic_info, day_files
 
 # %% auto 0
 __all__ = ['SHOTS', 'MODES', 'TTA', 'PHASES', 'HEAD_PARTS', 'KEY', 'check_shots', 'shot_data', 'head_parts', 'shot_config',
@@ -88,11 +88,9 @@ def days_tree(draw: int, extra: int, monkeys=MONKEYS, root='data') -> Path:
     out = resolve_path(root) / 'synthetic-days' / f'draw{draw}+{extra}'
     for m in monkeys:
         src = draw_data(draw, m, root)
-        files = [f for s in find_sessions(src, m) if not s.discovered
-                 for f in (f'train/{s.train_file}', f'test/{s.test_file}', f'test_truth/{s.truth_file}',
-                           f'test_truth/oracle_{s.key}.npz')]
-        keys = extra_keys(m, extra)
-        done = [out / 'train' / f'train_data_{k}.npz' for k in keys] + [out / f for f in files]
+        files = [f for s in find_sessions(src, m) if not s.discovered for f in day_files(s)]
+        new = [out / f for k in extra_keys(m, extra) for f in day_files(Session(m, k, k))]
+        done = new + [out / f for f in files]
         same = is_synthetic(out, m) and synthetic_info(out, m) == synthetic_info(src, m)  # not a stale copy
         if same and all(p.exists() for p in done): continue
         for f in files:

@@ -28,8 +28,8 @@ from neurofc.data import (
 
 # %% auto 0
 __all__ = ['BIN_S', 'N_BANDS', 'SimParams', 'default_params', 'electrode_positions', 'DayModel', 'SimBatch', 'make_days',
-           'simulate', 'oracle_forecast', 'write_challenge_like', 'is_synthetic', 'synthetic_info', 'ensure_synthetic',
-           'data_source', 'extra_keys', 'add_days', 'load_oracle']
+           'simulate', 'oracle_forecast', 'day_files', 'write_challenge_like', 'is_synthetic', 'synthetic_info',
+           'ensure_synthetic', 'data_source', 'extra_keys', 'add_days', 'load_oracle']
 
 # %% ../nbs/02_synthetic.ipynb
 BIN_S = 0.030                  # seconds per bin
@@ -469,6 +469,10 @@ def oracle_forecast(
 def _n_trials(s: Session) -> tuple[int, int]: return (s.n_train or 100, s.n_test or 100)
 def _marker(out: Path, monkey: str) -> Path: return out / f'synthetic_{monkey}.json'
 def _oracle_file(s: Session) -> str: return f'oracle_{s.key}.npz'
+def day_files(s: Session) -> list[str]:
+    "A simulated day's four files, relative to its tree: training, masked test, truth and oracle."
+    return [f'train/{s.train_file}', f'test/{s.test_file}', f'test_truth/{s.truth_file}',
+            f'test_truth/{_oracle_file(s)}']
 
 def write_challenge_like(
     out_dir: str | Path, monkey: str, seed: int = 0, params: SimParams | None = None
@@ -525,16 +529,7 @@ def ensure_synthetic(data_dir: str | Path, monkey: str, seed: int = 0) -> Path:
     """`data_dir/'synthetic'`, after writing the simulator's tree for `monkey` there unless it is complete for
     this seed and version."""
     out, m = resolve_path(data_dir) / 'synthetic', get_monkey(monkey)
-    need = [
-        out / d / f
-        for s in m.registered
-        for d, f in (
-            ('train', s.train_file),
-            ('test', s.test_file),
-            ('test_truth', s.truth_file),
-            ('test_truth', _oracle_file(s)),
-        )
-    ]
+    need = [out / f for s in m.registered for f in day_files(s)]
     if is_synthetic(out, monkey) and all(f.exists() for f in need):
         info = synthetic_info(out, monkey)
         if info.get('seed') == seed and info.get('neurofc_version') == neurofc.__version__: return out
