@@ -23,8 +23,8 @@ from .evaluate import evaluate, load_test_sets
 # %% auto 0
 __all__ = ['MODELS', 'ABLATIONS', 'BUDGETS', 'DRAWS', 'MONKEYS', 'CLOSED_FORM', 'BASELINES', 'split_ensemble', 'split_final',
            'phase_model', 'accuracy_config', 'draw_data', 'cell_dir', 'time_to', 'preset_changes', 'score_cell',
-           'trial_counts', 'code_dir', 'log_command', 'commands', 'run', 'add_ratios', 'md_table', 'plot',
-           'write_report', 'report', 'main']
+           'trial_counts', 'code_dir', 'log_command', 'commands', 'history', 'restore', 'run', 'add_ratios', 'md_table',
+           'plot', 'write_report', 'report', 'main']
 
 # %% ../nbs/13_accuracy.ipynb
 MODELS = ('persistence', 'ridge', 'gru', 'paper', 'reference', 'compete', 'transfer')
@@ -190,6 +190,37 @@ def commands(root: Path) -> list[str]:
     f = root / 'commands.txt'
     return list(dict.fromkeys(l for l in f.read_text().splitlines() if l)) if f.exists() else []
 
+def history(root: Path, run: str) -> pd.DataFrame | None:
+    """A run's learning curve: its `history.csv`, else its rows in `root/curves.csv` (restored from a report);
+    None if neither holds it."""
+    f = Path(root) / run / 'history.csv'
+    if f.exists(): return pd.read_csv(f)
+    c = Path(root) / 'curves.csv'
+    if not c.exists(): return None
+    h = pd.read_csv(c)
+    h = h[h.run == run].drop(columns='run').dropna(axis=1, how='all').reset_index(drop=True)
+    return h if len(h) else None
+
+def restore(root: Path, out: str | Path, stem: str = 'accuracy') -> int:
+    """Seed a code's table on a machine that lacks its runs (a fresh clone) from the committed report:
+    the rows of `out/<stem>.csv` scored by this code, their curves (`<stem>-curves.csv`) and commands
+    (`<stem>-commands.txt`). Nothing is done when `root/scores.csv` exists. Returns the rows restored."""
+    out, code = resolve_path(out), root.name[5:]
+    src = out / f'{stem}.csv'
+    if (root / 'scores.csv').exists() or not src.exists(): return 0
+    df = pd.read_csv(src, dtype={'code': str})          # a hash of digits stays a string
+    if 'code' not in df: return 0
+    df = df[df.code == code].drop(columns='code')
+    if not len(df): return 0
+    root.mkdir(parents=True, exist_ok=True)
+    df.to_csv(root / 'scores.csv', index=False)
+    if (c := out / f'{stem}-curves.csv').exists():
+        h = pd.read_csv(c, dtype={'code': str})
+        h[h.code == code].drop(columns='code').to_csv(root / 'curves.csv', index=False)
+    if (c := out / f'{stem}-commands.txt').exists() and not (root / 'commands.txt').exists():
+        (root / 'commands.txt').write_text(c.read_text())
+    return len(df)
+
 def _order(df: pd.DataFrame) -> pd.DataFrame:
     rank = {n: i for i, n in enumerate([*MODELS, *ABLATIONS])}
     order = lambda n: rank.get(n, rank.get(_base(n), len(rank)) + 0.5)   # ensembles, final fits: after
@@ -203,6 +234,9 @@ def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='
     this code (`code_dir(runs_dir)/scores.csv`) — and the report are rewritten after each cell."""
     root, loaded, trials = code_dir(runs_dir), {}, {}
     scores = root / 'scores.csv'
+    if n := restore(root, out, stem):
+        print(f"{n} cells of training code {root.name[5:]} restored from {resolve_path(out) / stem}.csv: "
+              "cells whose runs are not on this machine are kept as scored there", flush=True)
     if command: log_command(root, command)
     table = pd.read_csv(scores) if scores.exists() else pd.DataFrame()
     cells = [(d, mk, b, n) for d in draws for mk in monkeys for b in budgets for n in models]
@@ -216,6 +250,13 @@ def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='
         if progress:
             print(f"[{i + 1}/{len(cells)}] {_label(monkey, draw, budget, name)}: {dirs[0].parent}",
                   flush=True)
+        rows = table[(table.draw == draw) & (table.monkey == monkey) & (table.budget_min == budget)
+                     & (table.model == name)] if len(table) else table
+        ran = ' + '.join(rows.run).split(' + ') if len(rows) else []
+        gone = [r for r in ran if r and not (root / r).exists()]
+        if gone:                                            # scored on another machine: its runs are not here
+            if progress: print(f"    kept as scored: {len(gone)} run(s) not on this machine", flush=True)
+            continue
         split = (draw, monkey, cfg.val_frac, cfg.cross_val_frac, cfg.split_seed)
         if split not in loaded:  # once per draw and monkey: one split for all
             loaded[split] = load_monkey(data_dir, monkey, *split[2:])
@@ -266,9 +307,9 @@ def add_ratios(df: pd.DataFrame, runs: Path) -> pd.DataFrame:
         g, b = gru.get(key(r)), best.get(key(r))
         ratio.append(r.total / g.total if g is not None else math.nan)
         base.append(r.total / b.total if b is not None else math.nan)
-        hist = Path(runs) / r.run / 'history.csv'
-        ok = g is not None and r.model not in CLOSED_FORM and ' + ' not in r.run and hist.exists()
-        reach.append(time_to(pd.read_csv(hist), g.val_total) if ok else math.nan)
+        one = g is not None and r.model not in CLOSED_FORM and ' + ' not in r.run     # a single trained run
+        h = history(runs, r.run) if one else None
+        reach.append(time_to(h, g.val_total) if h is not None else math.nan)
     df['÷ GRU'], df['÷ baseline'], df['to GRU s'] = ratio, base, reach
     return df
 
@@ -346,7 +387,8 @@ def plot(df: pd.DataFrame, runs: Path, path: Path):
                 ax2.axhline(r.val_total, ls='--', lw=1, color=color(r.model),
                             label=f'{r.model} (closed form)')
                 continue
-            h = pd.read_csv(Path(runs) / r.run / 'history.csv')
+            h = history(runs, r.run)
+            if h is None: continue                      # neither its run nor a restored curve is here
             v = h.dropna(subset=['val_total']) if 'val_total' in h else h.iloc[:0]
             t = h['seconds'].cumsum()[v.index] / 60
             ax2.plot(t, v['val_total'], 'o', ls=style(r.model), ms=3, label=r.model, color=color(r.model))
@@ -372,10 +414,18 @@ def write_report(
     "`<name>.csv`, `<name>.md` and `<name>.png` in `out`, from the table of finished cells."
     out = resolve_path(out)
     out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / f'{name}.csv', index=False)
+    code = Path(runs).name[5:]                  # a fresh clone restores this code's cells from these files
+    df.assign(code=code).to_csv(out / f'{name}.csv', index=False)
+    runs_ = dict.fromkeys(p for r in df[~df.model.isin(CLOSED_FORM)].run for p in r.split(' + '))
+    curves = [h.assign(run=r) for r in runs_ if (h := history(runs, r)) is not None]
+    if curves:
+        c = pd.concat(curves, ignore_index=True)
+        c.insert(0, 'run', c.pop('run'))
+        c.insert(0, 'code', code)
+        c.to_csv(out / f'{name}-curves.csv', index=False)
+    if cmds := commands(Path(runs)): (out / f'{name}-commands.txt').write_text('\n'.join(cmds) + '\n')
     plot(df, runs, out / f'{name}.png')
     now = datetime.datetime.now().isoformat(timespec='seconds')
-    cmds = commands(Path(runs))
     ran = ' · '.join(f'`{c}`' for c in cmds)
     head = [
         '# neurofc accuracy benchmark',
@@ -421,6 +471,7 @@ def report(runs_dir='runs/accuracy', out='reports', code: str | None = None, qui
     (`code`: its hash, `runs_dir/code-<hash>`) — training nothing."""
     root = code_dir(runs_dir) if code is None else resolve_path(runs_dir) / f'code-{code}'
     scores = root / 'scores.csv'
+    restore(root, out, name)
     if not scores.exists():
         have = sorted(p.parent.name[5:] for p in resolve_path(runs_dir).glob('code-*/scores.csv'))
         raise FileNotFoundError(f"No benchmark table {scores}: expected the scores.csv of training code "

@@ -20,13 +20,13 @@ from .runs import load_run, code_fingerprint
 from .core import model_parts
 from .train import fit, with_pretrained
 from .tta import reconstructs
-from .accuracy import draw_data, code_dir, MONKEYS, log_command, commands
+from .accuracy import draw_data, code_dir, MONKEYS, log_command, commands, restore
 from .synthetic import add_days, extra_keys, is_synthetic, synthetic_info, day_files
 
 # %% auto 0
 __all__ = ['SHOTS', 'MODES', 'TTA', 'PHASES', 'HEAD_PARTS', 'KEY', 'check_shots', 'shot_data', 'head_parts', 'shot_config',
-           'score_day', 'days_tree', 'later_days', 'day_rows', 'with_extra', 'labelled', 'run', 'md_table', 'figure',
-           'plot', 'totals', 'totals_table', 'write_report', 'main']
+           'score_day', 'days_tree', 'later_days', 'day_rows', 'with_extra', 'labelled', 'scored_elsewhere', 'run',
+           'md_table', 'figure', 'plot', 'totals', 'totals_table', 'write_report', 'main']
 
 # %% ../nbs/13a_adaptation.ipynb
 SHOTS = (0, 8, 32, 'all')               # labelled trials of the held-out day
@@ -153,6 +153,12 @@ def labelled(df: pd.DataFrame) -> pd.DataFrame:
 
 KEY = ['draw', 'extra_days', 'monkey', 'phase', 'day', 'minutes']
 
+def scored_elsewhere(table: pd.DataFrame, key: dict, root: Path) -> bool:
+    "Whether `table` has rows of `key` (`KEY`: value) whose runs are not under `root`: a committed report's."
+    if not len(table): return False
+    rows = table[(table[list(key)] == pd.Series(key)).all(axis=1)]
+    return len(rows) > 0 and not all((root / r).exists() for r in rows.run)
+
 def run(draws=(0,), monkeys=('beignet', 'affi'), phases=PHASES, shots=SHOTS, modes=MODES, minutes: float = 10,
         pretrain_minutes: float = 10, steps: int = 200, runs_dir='runs/adaptation', out='reports',
         device: str = 'auto', quick: bool = False, progress: bool = True, command: str | None = None,
@@ -161,6 +167,10 @@ def run(draws=(0,), monkeys=('beignet', 'affi'), phases=PHASES, shots=SHOTS, mod
     day. `extra_days`: simulated later days added to each monkey's (`days_tree`), held out in turn too."""
     root, shots = code_dir(runs_dir), check_shots(shots)
     path = root / 'scores.csv'
+    stem = 'adaptation-quick' if quick else 'adaptation'
+    if n := restore(root, out, stem):
+        print(f"{n} rows of training code {root.name[5:]} restored from {resolve_path(out) / stem}.csv: days "
+              "whose runs are not on this machine are kept as scored there", flush=True)
     table = with_extra(pd.read_csv(path)) if path.exists() else pd.DataFrame()
     if command: log_command(root, command)
     for draw, monkey, phase in ((d, m, p) for d in draws for m in monkeys for p in phases):
@@ -174,12 +184,16 @@ def run(draws=(0,), monkeys=('beignet', 'affi'), phases=PHASES, shots=SHOTS, mod
             kw = dict(pretrain_minutes=pretrain_minutes, pretrain_monkeys=MONKEYS)
         cfg = phase_config(phase, monkey, quick=quick, max_minutes=minutes, **kw)
         cell, pre = root / tag / monkey / f'{minutes:g}min', root / tag / 'pretrain'
+        key = lambda day: dict(zip(KEY, (draw, extra_days, monkey, phase, day, minutes)))
+        days = [d for d in later_days(data_dir, monkey) if not scored_elsewhere(table, key(d), root)]
+        for d in later_days(data_dir, monkey):
+            if d not in days: say(f"{d}: kept as scored (its runs are not on this machine)")
+        if not days: continue
         say("every day")
         _train(cfg, full, cell / 'all-days' / f'{phase}-seed0', device, (pre, ()))
-        for day in later_days(data_dir, monkey):
+        for day in days:
             rows = day_rows(cfg, full, day, tests[day], cell, pre, data_dir, shots, modes, steps, device, say)
-            new = pd.DataFrame([dict(zip(KEY, (draw, extra_days, monkey, phase, day, minutes)), **r)
-                                for r in rows])
+            new = pd.DataFrame([dict(key(day), **r) for r in rows])
             new['÷ all days'] = new.mse / new.mse.iloc[0]
             if len(table): table = table[~(table[KEY] == new[KEY].iloc[0]).all(axis=1)]
             table = pd.concat([table, new], ignore_index=True)
@@ -286,10 +300,12 @@ def write_report(df: pd.DataFrame, out='reports', quick: bool = False, command: 
     out = resolve_path(out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / ('adaptation-quick' if quick else 'adaptation')
-    df.to_csv(stem.with_suffix('.csv'), index=False)
-    plot(df, stem.with_suffix('.png'))
     code = code_fingerprint()
+    tag = root.name[5:] if root is not None else code['source_sha256'][:8]
+    df.assign(code=tag).to_csv(stem.with_suffix('.csv'), index=False)    # a fresh clone restores from it
+    plot(df, stem.with_suffix('.png'))
     cmds = commands(root) if root is not None else []
+    if cmds: stem.with_name(stem.name + '-commands.txt').write_text('\n'.join(cmds) + '\n')
     ran = ' · '.join(f'`{c}`' for c in cmds) or f"`{command or 'python -m neurofc.adaptation'}`"
     text = [
         '# Adaptation to a held-out day' + (' (quick mode: a smoke test, no measurement)' if quick else ''),

@@ -167,7 +167,7 @@ class Forecaster:
         adapt=(),                   # test-time adaptation to each file (`neurofc.tta`): 'stats', 'steps'
         adapt_steps: int = 20,      # ... self-supervised steps, their learning rate, the parts they train
         adapt_lr: float = 1e-3,
-        adapt_parts=('adapters',),
+        adapt_parts=None,           # None: `tta.adapt_steps`'s default
         features: list[dict] | None = None,   # per model: its encoder's training moments ('coral')
     ):
         if norm not in ('session', 'context'):
@@ -179,7 +179,7 @@ class Forecaster:
         self.features = features
         self.set_adapt(adapt, adapt_steps, adapt_lr, adapt_parts)
 
-    def set_adapt(self, adapt=(), adapt_steps: int = 20, adapt_lr: float = 1e-3, adapt_parts=('adapters',)):
+    def set_adapt(self, adapt=(), adapt_steps: int = 20, adapt_lr: float = 1e-3, adapt_parts=None):
         "Switch test-time adaptation (`neurofc.tta`) on or off (`adapt=()`); returns the forecaster."
         self.adapt = check_adapt(adapt)
         if 'steps' in self.adapt and not all(reconstructs(m) for m in self.models):
@@ -188,7 +188,7 @@ class Forecaster:
         if 'coral' in self.adapt and (self.features is None or len(self.features) != len(self.models)):
             raise ValueError("Feature alignment ('coral') needs each model's training feature moments "
                              "(features.pt, saved by runs that finish with this neurofc); found none")
-        self.steps = dict(steps=adapt_steps, lr=adapt_lr, parts=tuple(adapt_parts))
+        self.steps = dict(steps=adapt_steps, lr=adapt_lr, parts=tuple(adapt_parts) if adapt_parts else None)
         return self
 
     def route(self, x: np.ndarray) -> dict:

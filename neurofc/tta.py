@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn, Tensor
 
-from .core import Stats, compute_stats, T_CONTEXT, check_parts
+from .core import Stats, compute_stats, T_CONTEXT, check_parts, model_parts
 from .stitch import mask_trials, masked_loss
 
 # %% auto 0
@@ -41,18 +41,20 @@ def adapt_steps(model: nn.Module,
                 x: Tensor,                         # (N, 20, C, F) one file's normalised masked trials
                 steps: int = 20,
                 lr: float = 1e-3,
-                parts=('adapters',),               # the model's parts (dotted submodule names) that adapt
+                parts=None,                        # the parts that adapt (dotted submodule names); None: below
                 p_bins: float = 0.2,               # masks as in pretraining
                 p_channels: float = 0.2,
                 batch: int = 64,
                 seed: int = 0,
                ) -> nn.Module:
-    "A copy of `model` after `steps` Adam steps of masked-context reconstruction on `x` (`model` untouched)."
+    """A copy of `model` after `steps` Adam steps of masked-context reconstruction on `x` (`model` untouched).
+    `parts=None`: the session embedding where the model has one, else the per-array adapters."""
     if not reconstructs(model):
         raise ValueError(f"Test-time 'steps' train the reconstruction of the context: they need a model with "
                          f"forward(..., start=0) (model='stitched'), found {type(model).__name__}")
     m = copy.deepcopy(model).eval()
     mods = dict(m.named_modules())
+    parts = parts or (('session',) if 'session' in model_parts(m) else ('adapters',))
     check_parts(m, parts, 'adapt_parts')
     m.requires_grad_(False)
     params = [p for n in parts for p in mods[n].parameters()]
