@@ -21,10 +21,11 @@ from .train import fit, score_sessions, final_config, with_pretrained
 from .evaluate import evaluate, load_test_sets
 
 # %% auto 0
-__all__ = ['MODELS', 'ABLATIONS', 'BUDGETS', 'DRAWS', 'MONKEYS', 'CLOSED_FORM', 'BASELINES', 'split_ensemble', 'split_final',
-           'phase_model', 'accuracy_config', 'draw_data', 'cell_dir', 'time_to', 'preset_changes', 'score_cell',
-           'trial_counts', 'code_dir', 'log_command', 'commands', 'history', 'restore', 'run', 'add_ratios', 'md_table',
-           'plot', 'write_report', 'report', 'main']
+__all__ = ['MODELS', 'ABLATIONS', 'BUDGETS', 'DRAWS', 'MONKEYS', 'CLOSED_FORM', 'BASELINES', 'KEY', 'split_ensemble',
+           'split_final', 'phase_model', 'accuracy_config', 'draw_data', 'cell_dir', 'time_to', 'preset_changes',
+           'score_cell', 'trial_counts', 'code_dir', 'log_command', 'commands', 'read_table', 'history', 'key_of',
+           'restored', 'restore', 'runs_of', 'write_commands', 'run', 'add_ratios', 'md_table', 'plot', 'write_report',
+           'report', 'main']
 
 # %% ../nbs/13_accuracy.ipynb
 MODELS = ('persistence', 'ridge', 'gru', 'paper', 'reference', 'compete', 'transfer')
@@ -186,9 +187,14 @@ def log_command(root: Path, command: str):
         with f.open('a') as fh: fh.write(command + '\n')
 
 def commands(root: Path) -> list[str]:
-    "The commands recorded in `root/commands.txt`, oldest first, each once."
+    "The commands recorded in `root/commands.txt`, oldest first, each once (`#` lines are comments)."
     f = root / 'commands.txt'
-    return list(dict.fromkeys(l for l in f.read_text().splitlines() if l)) if f.exists() else []
+    if not f.exists(): return []
+    return list(dict.fromkeys(l for l in f.read_text().splitlines() if l and l[0] != '#'))
+
+def read_table(path: Path) -> pd.DataFrame:
+    "A table as written: the hashes (`code`, `commit`) stay text, `00123456` too."
+    return pd.read_csv(path, dtype={'code': str, 'commit': str})
 
 def history(root: Path, run: str) -> pd.DataFrame | None:
     """A run's learning curve: its `history.csv`, else its rows in `root/curves.csv` (restored from a report);
@@ -201,25 +207,60 @@ def history(root: Path, run: str) -> pd.DataFrame | None:
     h = h[h.run == run].drop(columns='run').dropna(axis=1, how='all').reset_index(drop=True)
     return h if len(h) else None
 
-def restore(root: Path, out: str | Path, stem: str = 'accuracy') -> int:
-    """Seed a code's table on a machine that lacks its runs (a fresh clone) from the committed report:
-    the rows of `out/<stem>.csv` scored by this code, their curves (`<stem>-curves.csv`) and commands
-    (`<stem>-commands.txt`). Nothing is done when `root/scores.csv` exists. Returns the rows restored."""
+KEY = ['draw', 'monkey', 'budget_min', 'model']       # a cell of the table
+
+def _v(v) -> str:
+    try: return f'{float(v):g}'                        # 10, 10.0 and '10' are one budget
+    except (TypeError, ValueError): return str(v)
+
+def key_of(values) -> str: return '|'.join(map(_v, values))
+
+def restored(root: Path) -> set[str]:
+    "The keys (`key_of`) of the cells that `restore` took from a committed report."
+    f = root / 'restored.txt'
+    return set(f.read_text().splitlines()) if f.exists() else set()
+
+def restore(root: Path, out: str | Path, stem: str = 'accuracy', key=KEY, prepare=lambda d: d) -> int:
+    """Merge into a code's table (`root/scores.csv`) the cells of the committed report `out/<stem>.csv` scored
+    by this code that the table lacks (a fresh clone, or cells scored on another machine), with their learning
+    curves (`<stem>-curves.csv`) and commands (`<stem>-commands.txt`, if it names this code). The keys taken
+    are listed in `root/restored.txt`. Returns the rows added."""
     out, code = resolve_path(out), root.name[5:]
-    src = out / f'{stem}.csv'
-    if (root / 'scores.csv').exists() or not src.exists(): return 0
-    df = pd.read_csv(src, dtype={'code': str})          # a hash of digits stays a string
+    src, scores = out / f'{stem}.csv', root / 'scores.csv'
+    if not src.exists(): return 0
+    df = read_table(src)
     if 'code' not in df: return 0
-    df = df[df.code == code].drop(columns='code')
-    if not len(df): return 0
+    df = prepare(df[df.code == code].drop(columns='code'))
+    have = prepare(read_table(scores)) if scores.exists() else df.iloc[:0]
+    keys = lambda d: pd.Series([key_of(r) for r in d[key].itertuples(index=False)], index=d.index,
+                               dtype=str)
+    new = df[~keys(df).isin(set(keys(have)))] if len(df) else df
+    if not len(new): return 0
     root.mkdir(parents=True, exist_ok=True)
-    df.to_csv(root / 'scores.csv', index=False)
+    pd.concat([have, new], ignore_index=True).to_csv(scores, index=False)
+    with (root / 'restored.txt').open('a') as f: f.write(''.join(k + '\n' for k in dict.fromkeys(keys(new))))
     if (c := out / f'{stem}-curves.csv').exists():
-        h = pd.read_csv(c, dtype={'code': str})
-        h[h.code == code].drop(columns='code').to_csv(root / 'curves.csv', index=False)
-    if (c := out / f'{stem}-commands.txt').exists() and not (root / 'commands.txt').exists():
-        (root / 'commands.txt').write_text(c.read_text())
-    return len(df)
+        h = read_table(c)
+        runs = {p for r in new.run for p in str(r).split(' + ')}
+        h = h[(h.code == code) & h.run.isin(runs)].drop(columns='code')
+        if (f := root / 'curves.csv').exists():                # curves already here stay as they are
+            h0 = pd.read_csv(f)
+            h = pd.concat([h0, h[~h.run.isin(set(h0.run))]], ignore_index=True)
+        h.to_csv(root / 'curves.csv', index=False)
+    if (c := out / f'{stem}-commands.txt').exists() and c.read_text().startswith(f'# training code {code}\n'):
+        mine = commands(root)
+        theirs = [l for l in c.read_text().splitlines()[1:] if l]
+        (root / 'commands.txt').write_text(''.join(l + '\n' for l in dict.fromkeys(theirs + mine)))
+    return len(new)
+
+def runs_of(table: pd.DataFrame, cell: str) -> set[str]:
+    "The runs of `table`'s rows of `cell` (`key_of` its `KEY`)."
+    if not len(table): return set()
+    return {r for v, r in zip(table[KEY].itertuples(index=False), table.run) if key_of(v) == cell}
+
+def write_commands(path: Path, code: str, cmds: list[str]):
+    "The commands that scored a code's cells, under a first line naming the code (what `restore` checks)."
+    path.write_text(f'# training code {code}\n' + ''.join(c + '\n' for c in cmds))
 
 def _order(df: pd.DataFrame) -> pd.DataFrame:
     rank = {n: i for i, n in enumerate([*MODELS, *ABLATIONS])}
@@ -236,9 +277,10 @@ def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='
     scores = root / 'scores.csv'
     if n := restore(root, out, stem):
         print(f"{n} cells of training code {root.name[5:]} restored from {resolve_path(out) / stem}.csv: "
-              "cells whose runs are not on this machine are kept as scored there", flush=True)
+              "they are kept as scored there", flush=True)
     if command: log_command(root, command)
-    table = pd.read_csv(scores) if scores.exists() else pd.DataFrame()
+    table = read_table(scores) if scores.exists() else pd.DataFrame()
+    kept = restored(root)
     cells = [(d, mk, b, n) for d in draws for mk in monkeys for b in budgets for n in models]
     for i, (draw, monkey, budget, name) in enumerate(cells):
         data_dir = draw_data(draw, monkey)
@@ -250,12 +292,11 @@ def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='
         if progress:
             print(f"[{i + 1}/{len(cells)}] {_label(monkey, draw, budget, name)}: {dirs[0].parent}",
                   flush=True)
-        rows = table[(table.draw == draw) & (table.monkey == monkey) & (table.budget_min == budget)
-                     & (table.model == name)] if len(table) else table
-        ran = ' + '.join(rows.run).split(' + ') if len(rows) else []
-        gone = [r for r in ran if r and not (root / r).exists()]
-        if gone:                                            # scored on another machine: its runs are not here
-            if progress: print(f"    kept as scored: {len(gone)} run(s) not on this machine", flush=True)
+        want = [cell_dir(root, draw, monkey, budget, name, seed)] if final else dirs
+        rel = ' + '.join(str(d.relative_to(root)) for d in want)      # the row's run (ensembles: the seeds')
+        cell = key_of((draw, monkey, budget, name))
+        if cell in kept and rel in runs_of(table, cell):
+            if progress: print("    kept as scored on another machine (restored from the report)", flush=True)
             continue
         split = (draw, monkey, cfg.val_frac, cfg.cross_val_frac, cfg.split_seed)
         if split not in loaded:  # once per draw and monkey: one split for all
@@ -277,8 +318,6 @@ def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='
             with contextlib.redirect_stdout(io.StringIO()):
                 fit(fcfg, loaded[draw, monkey, 'final'], d, seed, device, resume=True, progress=False)
             dirs = [d]
-        # an ensemble's row names its seeds' runs, joined by ` + `
-        rel = ' + '.join(str(d.relative_to(root)) for d in dirs)
         row = dict(draw=draw, monkey=monkey, budget_min=budget, model=name, run=rel, trials=trials[split],
                    **score_cell(dirs, data_dir, loaded[split]))
         if progress: print(f"    total {row['total']:,.0f} in {time.time() - t0:.0f} s", flush=True)
@@ -287,7 +326,7 @@ def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='
         table = _order(add_ratios(pd.concat([keep, pd.DataFrame([row])], ignore_index=True), root))
         root.mkdir(parents=True, exist_ok=True)
         table.to_csv(scores, index=False)
-        table = pd.read_csv(scores)            # what a later invocation reads back
+        table = read_table(scores)             # what a later invocation reads back
         write_report(table, out, root, quick, command, stem)
     return table
 
@@ -423,7 +462,7 @@ def write_report(
         c.insert(0, 'run', c.pop('run'))
         c.insert(0, 'code', code)
         c.to_csv(out / f'{name}-curves.csv', index=False)
-    if cmds := commands(Path(runs)): (out / f'{name}-commands.txt').write_text('\n'.join(cmds) + '\n')
+    if cmds := commands(Path(runs)): write_commands(out / f'{name}-commands.txt', code, cmds)
     plot(df, runs, out / f'{name}.png')
     now = datetime.datetime.now().isoformat(timespec='seconds')
     ran = ' · '.join(f'`{c}`' for c in cmds)
@@ -476,7 +515,7 @@ def report(runs_dir='runs/accuracy', out='reports', code: str | None = None, qui
         have = sorted(p.parent.name[5:] for p in resolve_path(runs_dir).glob('code-*/scores.csv'))
         raise FileNotFoundError(f"No benchmark table {scores}: expected the scores.csv of training code "
                                 f"{root.name[5:]}; tables found in {runs_dir}: {have or 'none'}")
-    table = pd.read_csv(scores)
+    table = read_table(scores)
     write_report(table, out, root, quick, command, name)
     return table
 

@@ -20,12 +20,13 @@ from .runs import load_run, code_fingerprint
 from .core import model_parts
 from .train import fit, with_pretrained
 from .tta import reconstructs
-from .accuracy import draw_data, code_dir, MONKEYS, log_command, commands, restore
+from .accuracy import (draw_data, code_dir, MONKEYS, log_command, commands, restore, restored, key_of,
+                              read_table, write_commands)
 from .synthetic import add_days, extra_keys, is_synthetic, synthetic_info, day_files
 
 # %% auto 0
 __all__ = ['SHOTS', 'MODES', 'TTA', 'PHASES', 'HEAD_PARTS', 'KEY', 'check_shots', 'shot_data', 'head_parts', 'shot_config',
-           'score_day', 'days_tree', 'later_days', 'day_rows', 'with_extra', 'labelled', 'scored_elsewhere', 'run',
+           'score_day', 'days_tree', 'later_days', 'day_rows', 'with_extra', 'labelled', 'kept_as_scored', 'run',
            'md_table', 'figure', 'plot', 'totals', 'totals_table', 'write_report', 'main']
 
 # %% ../nbs/13a_adaptation.ipynb
@@ -153,11 +154,16 @@ def labelled(df: pd.DataFrame) -> pd.DataFrame:
 
 KEY = ['draw', 'extra_days', 'monkey', 'phase', 'day', 'minutes']
 
-def scored_elsewhere(table: pd.DataFrame, key: dict, root: Path) -> bool:
-    "Whether `table` has rows of `key` (`KEY`: value) whose runs are not under `root`: a committed report's."
-    if not len(table): return False
+def kept_as_scored(table: pd.DataFrame, key: dict, kept: set[str], shots, modes) -> bool:
+    """Whether the held-out day `key` (`KEY`: value) was restored from a committed report (`kept`: the keys
+    `accuracy.restore` took) with every k of `shots` and, where k > 0, the fine-tune mode `all` if asked for:
+    then it is kept as scored there. A day scored with fewer is trained again."""
+    if not len(table) or key_of(key.values()) not in kept: return False
     rows = table[(table[list(key)] == pd.Series(key)).all(axis=1)]
-    return len(rows) > 0 and not all((root / r).exists() for r in rows.run)
+    ks = set(rows.k.astype(str))
+    tuned = set(rows['mode'][~rows.k.astype(str).isin(['0', 'all days'])])
+    need = {'all'} & set(modes) if any(str(k) != '0' for k in shots) else set()     # some fine-tuning
+    return {str(k) for k in shots} <= ks and need <= tuned
 
 def run(draws=(0,), monkeys=('beignet', 'affi'), phases=PHASES, shots=SHOTS, modes=MODES, minutes: float = 10,
         pretrain_minutes: float = 10, steps: int = 200, runs_dir='runs/adaptation', out='reports',
@@ -168,10 +174,11 @@ def run(draws=(0,), monkeys=('beignet', 'affi'), phases=PHASES, shots=SHOTS, mod
     root, shots = code_dir(runs_dir), check_shots(shots)
     path = root / 'scores.csv'
     stem = 'adaptation-quick' if quick else 'adaptation'
-    if n := restore(root, out, stem):
+    if n := restore(root, out, stem, KEY, with_extra):
         print(f"{n} rows of training code {root.name[5:]} restored from {resolve_path(out) / stem}.csv: days "
-              "whose runs are not on this machine are kept as scored there", flush=True)
-    table = with_extra(pd.read_csv(path)) if path.exists() else pd.DataFrame()
+              "scored there with every k and mode asked for are kept as scored", flush=True)
+    table = with_extra(read_table(path)) if path.exists() else pd.DataFrame()
+    kept = restored(root)
     if command: log_command(root, command)
     for draw, monkey, phase in ((d, m, p) for d in draws for m in monkeys for p in phases):
         tag = f'draw{draw}' + (f'+{extra_days}' if extra_days else '')     # the data: a draw, its extra days
@@ -185,9 +192,10 @@ def run(draws=(0,), monkeys=('beignet', 'affi'), phases=PHASES, shots=SHOTS, mod
         cfg = phase_config(phase, monkey, quick=quick, max_minutes=minutes, **kw)
         cell, pre = root / tag / monkey / f'{minutes:g}min', root / tag / 'pretrain'
         key = lambda day: dict(zip(KEY, (draw, extra_days, monkey, phase, day, minutes)))
-        days = [d for d in later_days(data_dir, monkey) if not scored_elsewhere(table, key(d), root)]
+        days = [d for d in later_days(data_dir, monkey)
+                if not kept_as_scored(table, key(d), kept, shots, modes)]
         for d in later_days(data_dir, monkey):
-            if d not in days: say(f"{d}: kept as scored (its runs are not on this machine)")
+            if d not in days: say(f"{d}: kept as scored on another machine (restored from the report)")
         if not days: continue
         say("every day")
         _train(cfg, full, cell / 'all-days' / f'{phase}-seed0', device, (pre, ()))
@@ -199,7 +207,7 @@ def run(draws=(0,), monkeys=('beignet', 'affi'), phases=PHASES, shots=SHOTS, mod
             table = pd.concat([table, new], ignore_index=True)
             root.mkdir(parents=True, exist_ok=True)
             table.to_csv(path, index=False)
-            table = pd.read_csv(path)
+            table = with_extra(read_table(path))
             write_report(table, out, quick, command, root)
     return table
 
@@ -305,7 +313,7 @@ def write_report(df: pd.DataFrame, out='reports', quick: bool = False, command: 
     df.assign(code=tag).to_csv(stem.with_suffix('.csv'), index=False)    # a fresh clone restores from it
     plot(df, stem.with_suffix('.png'))
     cmds = commands(root) if root is not None else []
-    if cmds: stem.with_name(stem.name + '-commands.txt').write_text('\n'.join(cmds) + '\n')
+    if cmds: write_commands(stem.with_name(stem.name + '-commands.txt'), tag, cmds)
     ran = ' · '.join(f'`{c}`' for c in cmds) or f"`{command or 'python -m neurofc.adaptation'}`"
     text = [
         '# Adaptation to a held-out day' + (' (quick mode: a smoke test, no measurement)' if quick else ''),

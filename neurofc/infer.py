@@ -188,7 +188,8 @@ class Forecaster:
         if 'coral' in self.adapt and (self.features is None or len(self.features) != len(self.models)):
             raise ValueError("Feature alignment ('coral') needs each model's training feature moments "
                              "(features.pt, saved by runs that finish with this neurofc); found none")
-        self.steps = dict(steps=adapt_steps, lr=adapt_lr, parts=tuple(adapt_parts) if adapt_parts else None)
+        parts = None if adapt_parts is None else tuple(adapt_parts)
+        self.steps = dict(steps=adapt_steps, lr=adapt_lr, parts=parts)
         return self
 
     def route(self, x: np.ndarray) -> dict:
@@ -213,14 +214,15 @@ class Forecaster:
         elif unseen or self.norm == 'context': tb = context_stats(xr)   # an unseen day: each trial's own ...
         else: tb = self.stats[self.keys[s]]
         xn = mask_future(normalize(xr, tb))
-        models = self.models
-        if 'steps' in self.adapt: models = [adapt_steps(m, xn, **self.steps) for m in models]
+        # the routed day's session id; an unseen day -1, the mean embedding
+        sid = torch.full((len(x),), -1 if unseen else s, device=self.device) if self.use_session else None
+        models = self.models                                     # steps fit the embedding the forecast reads
+        if 'steps' in self.adapt: models = [adapt_steps(m, xn, **self.steps, session=sid) for m in models]
         maps = [None] * len(models)
         if 'coral' in self.adapt:              # the file's encoder moments, mapped onto the training trials'
             maps = [coral_map(src, encoder_moments(m, xn, self.batch_size))
                     for m, src in zip(models, self.features)]
-        sid = torch.full((len(x),), -1 if unseen else s, device=self.device) if self.use_session else None
-        out = []                                                 # ... and the mean embedding
+        out = []
         for i in range(0, len(x), self.batch_size):
             b = slice(i, i + self.batch_size)
             sb = None if sid is None else sid[b]

@@ -158,10 +158,12 @@ def mask_trials(x: Tensor,                        # (B, 20, C, F) normalised tri
     return mask_future(xm), torch.cat([hide, hide.new_ones(B, T - T_CONTEXT, C)], 1)
 
 # %% ../nbs/04a_stitch.ipynb
-def masked_loss(model: StitchedAMAG, xm: Tensor, y: Tensor, m: Tensor, array: str | None = None) -> Tensor:
+def masked_loss(model: StitchedAMAG, xm: Tensor, y: Tensor, m: Tensor, array: str | None = None,
+                session: Tensor | None = None) -> Tensor:
     """Mean squared error of `model`'s output for masked trials `xm` of `array` (None: an `ArrayAMAG`'s own)
-    against LMP `y` over mask `m`."""
-    pred = model(xm, array, start=0) if array is not None else model(xm, start=0)   # (B, 20, C): every bin
+    against LMP `y` over mask `m`; `session`: the trials' day ids (None: the mean embedding)."""
+    if array is not None: pred = model(xm, array, session, start=0)          # (B, 20, C): every bin
+    else: pred = model(xm, session, start=0)
     if model.residual:
         pred = torch.cat([pred[:, :T_CONTEXT], pred[:, T_CONTEXT:] + xm[:, T_CONTEXT - 1:T_CONTEXT, :, 0]], 1)
     m = m.to(pred.dtype)

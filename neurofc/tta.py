@@ -41,19 +41,25 @@ def adapt_steps(model: nn.Module,
                 x: Tensor,                         # (N, 20, C, F) one file's normalised masked trials
                 steps: int = 20,
                 lr: float = 1e-3,
-                parts=None,                        # the parts that adapt (dotted submodule names); None: below
+                parts=None,                        # parts that adapt (dotted submodule names); None: below
                 p_bins: float = 0.2,               # masks as in pretraining
                 p_channels: float = 0.2,
                 batch: int = 64,
                 seed: int = 0,
+                session: Tensor | None = None,     # (N,) the day each trial is forecast as (None: mean)
                ) -> nn.Module:
     """A copy of `model` after `steps` Adam steps of masked-context reconstruction on `x` (`model` untouched).
-    `parts=None`: the session embedding where the model has one, else the per-array adapters."""
+    `parts=None`: the session embedding where the model has one, else the per-array adapters. `session`: the
+    ids the forecast will use, so that the steps fit the embedding it reads (the routed day's row, or the
+    mean)."""
     if not reconstructs(model):
         raise ValueError(f"Test-time 'steps' train the reconstruction of the context: they need a model with "
                          f"forward(..., start=0) (model='stitched'), found {type(model).__name__}")
     m = copy.deepcopy(model).eval()
     mods = dict(m.named_modules())
+    if parts is not None and not len(parts):
+        raise ValueError("adapt_parts is empty: name the parts that adapt (e.g. ['session']), or None for "
+                         "the default")
     parts = parts or (('session',) if 'session' in model_parts(m) else ('adapters',))
     check_parts(m, parts, 'adapt_parts')
     m.requires_grad_(False)
@@ -67,7 +73,8 @@ def adapt_steps(model: nn.Module,
             idx = torch.randint(len(x), (min(batch, len(x)),), generator=gen, device=x.device)
             xm, mask = mask_trials(x[idx], p_bins, p_channels, gen)
             mask[:, T_CONTEXT:] = False                    # the forecast window holds no truth: never scored
-            loss = masked_loss(m, xm, x[idx, :, :, 0], mask)
+            sid = None if session is None else session[idx]
+            loss = masked_loss(m, xm, x[idx, :, :, 0], mask, session=sid)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
