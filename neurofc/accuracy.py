@@ -21,11 +21,11 @@ from .train import fit, score_sessions, final_config, with_pretrained
 from .evaluate import evaluate, load_test_sets
 
 # %% auto 0
-__all__ = ['MODELS', 'ABLATIONS', 'BUDGETS', 'DRAWS', 'MONKEYS', 'CLOSED_FORM', 'BASELINES', 'KEY', 'split_ensemble',
-           'split_final', 'phase_model', 'accuracy_config', 'draw_data', 'cell_dir', 'time_to', 'preset_changes',
-           'score_cell', 'trial_counts', 'code_dir', 'log_command', 'commands', 'read_table', 'history', 'key_of',
-           'restored', 'restore', 'runs_of', 'write_commands', 'run', 'add_ratios', 'md_table', 'plot', 'write_report',
-           'report', 'main']
+__all__ = ['MODELS', 'ABLATIONS', 'BUDGETS', 'DRAWS', 'MONKEYS', 'CLOSED_FORM', 'BASELINES', 'KEY', 'REPORT_FILES',
+           'split_ensemble', 'split_final', 'phase_model', 'accuracy_config', 'draw_data', 'cell_dir', 'time_to',
+           'preset_changes', 'score_cell', 'trial_counts', 'code_dir', 'code_of', 'log_command', 'commands',
+           'read_table', 'curves', 'history', 'key_of', 'keys_of', 'restored', 'restore', 'runs_of', 'write_commands',
+           'quick_names', 'run', 'add_ratios', 'md_table', 'plot', 'set_aside', 'write_report', 'report', 'main']
 
 # %% ../nbs/13_accuracy.ipynb
 MODELS = ('persistence', 'ridge', 'gru', 'paper', 'reference', 'compete', 'transfer')
@@ -45,6 +45,12 @@ ABLATIONS = {
                                           phase_aug=0.1)),
     # the transfer phase's network, trained from scratch: what pretraining adds
     'transfer-no-pretrain': ('transfer', dict(pretrain=False, freeze=(), freeze_epochs=0)),
+    # pretraining of 30 minutes, whatever the fine-tuning's budget (the phase: the fine-tuning's)
+    'transfer-pretrain30': ('transfer', dict(pretrain_minutes=30)),
+    # fine-tuning trains every weight from its first epoch (the phase freezes the backbone for one)
+    'transfer-no-freeze': ('transfer', dict(freeze=(), freeze_epochs=0)),
+    # a fine-tuning learning rate a quarter of the phase's: the pretrained weights move less
+    'transfer-lr5e-4': ('transfer', dict(lr=5e-4)),
 }
 BUDGETS = (2, 10, 30)       # minutes of training (and validation) per model
 DRAWS = (0, 1)              # independent simulator draws (their seeds)
@@ -96,8 +102,10 @@ def accuracy_config(name: str, monkey: str, budget: float, quick: bool = False) 
         phase, monkey, quick=quick, model=model, **({'train_limit': 32} if quick else {}), **changes
     )
     if name in CLOSED_FORM: return cfg
-    # a pretrained phase: pretraining (once per draw, shared by the monkeys) gets the fine-tuning's budget
-    return cfg.replace(max_minutes=budget, **({'pretrain_minutes': budget} if cfg.pretrain else {}))
+    # a pretrained phase: pretraining (once per draw, shared by the monkeys) gets the fine-tuning's budget,
+    # unless the row sets its own
+    pre = {'pretrain_minutes': changes.get('pretrain_minutes', budget)} if cfg.pretrain else {}
+    return cfg.replace(max_minutes=budget, **pre)
 
 def draw_data(draw: int, monkey: str, root: str | Path = 'data') -> Path:
     """The simulator tree of `draw` for `monkey` (written once): `data/synthetic` for draw 0, else its own
@@ -121,10 +129,16 @@ def time_to(history: pd.DataFrame, target: float) -> float:
 
 # %% ../nbs/13_accuracy.ipynb
 def preset_changes(run_dir: Path) -> str:
-    "How a run's configuration differs from its phase's preset (budget aside): `field=value, ...`, or `–`."
+    """How a run's configuration differs from its phase's preset (budget aside): `field=value, ...`, or `–`.
+    A start (`init_from`) in the run's code folder (`code-<hash>`) is named from that folder."""
+    run_dir = resolve_path(run_dir)
     cfg = read_config(run_dir)
     base = phase_config(cfg.phase, cfg.monkey, model=cfg.model).to_dict()
-    diff = [f"{k}={v}" for k, v in cfg.to_dict().items() if k != 'max_minutes' and base.get(k) != v]
+    root = next((p for p in run_dir.parents if p.name.startswith('code-')), None)
+    def show(k, v):
+        inside = k == 'init_from' and v and root is not None and Path(v).is_relative_to(root)
+        return Path(v).relative_to(root) if inside else v
+    diff = [f"{k}={show(k, v)}" for k, v in cfg.to_dict().items() if k != 'max_minutes' and base.get(k) != v]
     return ', '.join(diff) or '–'
 
 def score_cell(run_dir: Path | list[Path], data_dir: Path, data=None) -> dict:
@@ -179,6 +193,10 @@ def code_dir(runs_dir: str | Path) -> Path:
     the code starts a new table; earlier cells stay on disk, untouched."""
     return resolve_path(runs_dir) / f"code-{code_fingerprint()['source_sha256'][:8]}"
 
+def code_of(root: Path) -> str:
+    "The training code whose cells `root` holds: `code_dir`'s inverse (`code-1a2b3c4d` → `1a2b3c4d`)."
+    return Path(root).name.removeprefix('code-')
+
 def log_command(root: Path, command: str):
     "Append `command` to `root/commands.txt` (what scored a code's cells) unless it is the file's last line."
     root.mkdir(parents=True, exist_ok=True)
@@ -196,14 +214,17 @@ def read_table(path: Path) -> pd.DataFrame:
     "A table as written: the hashes (`code`, `commit`) stay text, `00123456` too."
     return pd.read_csv(path, dtype={'code': str, 'commit': str})
 
-def history(root: Path, run: str) -> pd.DataFrame | None:
-    """A run's learning curve: its `history.csv`, else its rows in `root/curves.csv` (restored from a report);
-    None if neither holds it."""
+def curves(root: Path) -> pd.DataFrame:
+    "The learning curves restored from a report (`root/curves.csv`, a `run` column); empty if none were."
+    f = Path(root) / 'curves.csv'
+    return pd.read_csv(f) if f.exists() else pd.DataFrame(columns=['run'])
+
+def history(root: Path, run: str, saved: pd.DataFrame | None = None) -> pd.DataFrame | None:
+    """A run's learning curve: its `history.csv`, else its rows in `root/curves.csv` (restored from a report;
+    pass `saved=curves(root)` to read that file once for many runs); None if neither holds it."""
     f = Path(root) / run / 'history.csv'
     if f.exists(): return pd.read_csv(f)
-    c = Path(root) / 'curves.csv'
-    if not c.exists(): return None
-    h = pd.read_csv(c)
+    h = curves(root) if saved is None else saved
     h = h[h.run == run].drop(columns='run').dropna(axis=1, how='all').reset_index(drop=True)
     return h if len(h) else None
 
@@ -215,6 +236,11 @@ def _v(v) -> str:
 
 def key_of(values) -> str: return '|'.join(map(_v, values))
 
+def keys_of(table: pd.DataFrame, key=KEY) -> pd.Series:
+    "Each row's cell (`key_of` its `key` columns), on the table's index."
+    rows = table[key].itertuples(index=False) if len(table) else ()
+    return pd.Series([key_of(r) for r in rows], index=table.index[:len(table)], dtype=str)
+
 def restored(root: Path) -> set[str]:
     "The keys (`key_of`) of the cells that `restore` took from a committed report."
     f = root / 'restored.txt'
@@ -225,20 +251,19 @@ def restore(root: Path, out: str | Path, stem: str = 'accuracy', key=KEY, prepar
     by this code that the table lacks (a fresh clone, or cells scored on another machine), with their learning
     curves (`<stem>-curves.csv`) and commands (`<stem>-commands.txt`, if it names this code). The keys taken
     are listed in `root/restored.txt`. Returns the rows added."""
-    out, code = resolve_path(out), root.name[5:]
+    out, code = resolve_path(out), code_of(root)
     src, scores = out / f'{stem}.csv', root / 'scores.csv'
     if not src.exists(): return 0
     df = read_table(src)
     if 'code' not in df: return 0
     df = prepare(df[df.code == code].drop(columns='code'))
     have = prepare(read_table(scores)) if scores.exists() else df.iloc[:0]
-    keys = lambda d: pd.Series([key_of(r) for r in d[key].itertuples(index=False)], index=d.index,
-                               dtype=str)
-    new = df[~keys(df).isin(set(keys(have)))] if len(df) else df
+    new = df[~keys_of(df, key).isin(set(keys_of(have, key)))]
     if not len(new): return 0
     root.mkdir(parents=True, exist_ok=True)
     pd.concat([have, new], ignore_index=True).to_csv(scores, index=False)
-    with (root / 'restored.txt').open('a') as f: f.write(''.join(k + '\n' for k in dict.fromkeys(keys(new))))
+    with (root / 'restored.txt').open('a') as f:
+        f.write(''.join(k + '\n' for k in dict.fromkeys(keys_of(new, key))))
     if (c := out / f'{stem}-curves.csv').exists():
         h = read_table(c)
         runs = {p for r in new.run for p in str(r).split(' + ')}
@@ -247,20 +272,26 @@ def restore(root: Path, out: str | Path, stem: str = 'accuracy', key=KEY, prepar
             h0 = pd.read_csv(f)
             h = pd.concat([h0, h[~h.run.isin(set(h0.run))]], ignore_index=True)
         h.to_csv(root / 'curves.csv', index=False)
-    if (c := out / f'{stem}-commands.txt').exists() and c.read_text().startswith(f'# training code {code}\n'):
+    c = out / f'{stem}-commands.txt'
+    lines = c.read_text().splitlines() if c.exists() else []
+    if lines[:1] == [f'# training code {code}']:
         mine = commands(root)
-        theirs = [l for l in c.read_text().splitlines()[1:] if l]
+        theirs = [l for l in lines[1:] if l]
         (root / 'commands.txt').write_text(''.join(l + '\n' for l in dict.fromkeys(theirs + mine)))
     return len(new)
 
 def runs_of(table: pd.DataFrame, cell: str) -> set[str]:
     "The runs of `table`'s rows of `cell` (`key_of` its `KEY`)."
-    if not len(table): return set()
-    return {r for v, r in zip(table[KEY].itertuples(index=False), table.run) if key_of(v) == cell}
+    return set(table.run[keys_of(table) == cell]) if len(table) else set()
 
 def write_commands(path: Path, code: str, cmds: list[str]):
     "The commands that scored a code's cells, under a first line naming the code (what `restore` checks)."
     path.write_text(f'# training code {code}\n' + ''.join(c + '\n' for c in cmds))
+
+def quick_names(runs_dir, stem, quick: bool, name: str = 'accuracy') -> tuple:
+    "`runs_dir` and `stem`, or their defaults: `runs/<name>` and `<name>`, `-quick` for a smoke run's."
+    tag = f"{name}-quick" if quick else name
+    return runs_dir or f'runs/{tag}', stem or tag
 
 def _order(df: pd.DataFrame) -> pd.DataFrame:
     rank = {n: i for i, n in enumerate([*MODELS, *ABLATIONS])}
@@ -268,15 +299,17 @@ def _order(df: pd.DataFrame) -> pd.DataFrame:
     key = lambda c: c.map(order) if c.name == 'model' else c.map(MONKEYS.index) if c.name == 'monkey' else c
     return df.sort_values(['draw', 'monkey', 'budget_min', 'model'], key=key).reset_index(drop=True)
 
-def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='runs/accuracy', out='reports',
+def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir=None, out='reports',
         seed: int = 0, device: str = 'auto', quick: bool = False, progress: bool = True,
-        command: str | None = None, stem: str = 'accuracy') -> pd.DataFrame:
+        command: str | None = None, stem: str | None = None) -> pd.DataFrame:
     """Train and score the chosen cells (reusing finished runs); the table — every cell scored so far with
-    this code (`code_dir(runs_dir)/scores.csv`) — and the report are rewritten after each cell."""
+    this code (`code_dir(runs_dir)/scores.csv`) — and the report are rewritten after each cell. Defaults:
+    `runs/accuracy` and `out/accuracy.*`; a quick (smoke) run's: `runs/accuracy-quick`, `accuracy-quick.*`."""
+    runs_dir, stem = quick_names(runs_dir, stem, quick)
     root, loaded, trials = code_dir(runs_dir), {}, {}
     scores = root / 'scores.csv'
     if n := restore(root, out, stem):
-        print(f"{n} cells of training code {root.name[5:]} restored from {resolve_path(out) / stem}.csv: "
+        print(f"{n} cells of training code {code_of(root)} restored from {resolve_path(out) / stem}.csv: "
               "they are kept as scored there", flush=True)
     if command: log_command(root, command)
     table = read_table(scores) if scores.exists() else pd.DataFrame()
@@ -334,7 +367,7 @@ def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir='
 def add_ratios(df: pd.DataFrame, runs: Path) -> pd.DataFrame:
     """÷ GRU (a total over the GRU's at the same draw, monkey and budget), ÷ baseline (over the baseline row
     best on validation there: ridge, GRU or a GRU ensemble) and `to GRU s` (validation reaching the GRU's)."""
-    df = df.copy()
+    df, saved = df.copy(), curves(runs)
     key = lambda r: (r.draw, r.monkey, r.budget_min)
     gru = {key(r): r for r in df[df.model == 'gru'].itertuples()}
     best = {}
@@ -347,7 +380,7 @@ def add_ratios(df: pd.DataFrame, runs: Path) -> pd.DataFrame:
         ratio.append(r.total / g.total if g is not None else math.nan)
         base.append(r.total / b.total if b is not None else math.nan)
         one = g is not None and r.model not in CLOSED_FORM and ' + ' not in r.run     # a single trained run
-        h = history(runs, r.run) if one else None
+        h = history(runs, r.run, saved) if one else None
         reach.append(time_to(h, g.val_total) if h is not None else math.nan)
     df['÷ GRU'], df['÷ baseline'], df['to GRU s'] = ratio, base, reach
     return df
@@ -390,12 +423,12 @@ def md_table(df: pd.DataFrame) -> str:
 
 # %% ../nbs/13_accuracy.ipynb
 def plot(df: pd.DataFrame, runs: Path, path: Path):
-    """Test total ÷ oracle against the budget (a marker per draw), and validation curves at the largest
-    budget, per monkey."""
+    """Test total ÷ oracle against the budget (a marker per draw; one budget: per model), and validation
+    curves at the largest budget, per monkey."""
     import itertools, matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    monkeys = list(dict.fromkeys(df.monkey))
+    monkeys, saved = list(dict.fromkeys(df.monkey)), curves(runs)
     names = [*MODELS, *ABLATIONS]
     colors = dict(zip(names, plt.get_cmap('tab20').colors))          # one colour per row name in every panel
     color = lambda name: colors.get(_base(name))     # an ensemble, a final fit: its row's colour
@@ -406,12 +439,18 @@ def plot(df: pd.DataFrame, runs: Path, path: Path):
     fig, axes = plt.subplots(len(monkeys), 2, figsize=(12, 4 * len(monkeys)), squeeze=False)
     for (ax1, ax2), monkey in zip(axes, monkeys):
         d = df[df.monkey == monkey]
+        one = df.budget_min.nunique() == 1              # one budget: the models along x, a column each
+        at = {n: i for i, n in enumerate(dict.fromkeys(d.model))}
         for name, g in d.groupby('model', sort=False):
             for j, (draw, gd) in enumerate(g.sort_values('budget_min').groupby('draw')):
-                ax1.plot(gd.budget_min, gd['÷ oracle'], marker=marks[draw], ls=style(name), color=color(name),
-                         label=name if j == 0 else None)
-        ax1.set(xlabel='training budget (minutes)', ylabel='test total ÷ oracle',
-                title=f'{monkey}: test error by budget', yscale='log')
+                x = [at[name]] * len(gd) if one else gd.budget_min
+                ax1.plot(x, gd['÷ oracle'], marker=marks[draw], ls='' if one else style(name),
+                         color=color(name), label=name if j == 0 and not one else None)
+        ax1.set(ylabel='test total ÷ oracle', yscale='log')
+        if one:
+            ax1.set_xticks(range(len(at)), list(at), rotation=30, ha='right', fontsize=8)
+            ax1.set(xlabel=f'model ({df.budget_min.iloc[0]:g}-minute budget)', title=f'{monkey}: test error')
+        else: ax1.set(xlabel='training budget (minutes)', title=f'{monkey}: test error by budget')
         hs, _ = ax1.get_legend_handles_labels()
         hs += [plt.Line2D([], [], marker=marks[k], ls='', color='grey', label=f'draw {k}')
                for k in sorted(d.draw.unique())]
@@ -426,7 +465,7 @@ def plot(df: pd.DataFrame, runs: Path, path: Path):
                 ax2.axhline(r.val_total, ls='--', lw=1, color=color(r.model),
                             label=f'{r.model} (closed form)')
                 continue
-            h = history(runs, r.run)
+            h = history(runs, r.run, saved)
             if h is None: continue                      # neither its run nor a restored curve is here
             v = h.dropna(subset=['val_total']) if 'val_total' in h else h.iloc[:0]
             t = h['seconds'].cumsum()[v.index] / 60
@@ -442,6 +481,32 @@ def plot(df: pd.DataFrame, runs: Path, path: Path):
     plt.close(fig)
 
 # %% ../nbs/13_accuracy.ipynb
+REPORT_FILES = ('.md', '.csv', '.png', '-curves.csv', '-commands.txt')     # a report's: `<stem><suffix>`
+
+def set_aside(out: Path, stem: str, code: str) -> str | None:
+    """Before a report of training code `code` is written as `out/<stem>.*`: if those files hold another
+    code's table, rename them `<stem>-<its code>.*` (the figure link follows) and say so. Returns the new
+    stem, or None. A name already taken is an error: nothing is overwritten."""
+    src = Path(out) / f'{stem}.csv'
+    if not src.exists(): return None
+    old = read_table(src)
+    was = (sorted(set(old.code.dropna())) if 'code' in old else []) or ['earlier']
+    if was == [code]: return None
+    new = f"{stem}-{'+'.join(was)}"
+    move = [(Path(out) / f'{stem}{s}', Path(out) / f'{new}{s}') for s in REPORT_FILES]
+    move = [(a, b) for a, b in move if a.exists()]
+    what = 'a table that names no training code' if was == ['earlier'] else f"training code {'+'.join(was)}"
+    if taken := [str(b) for a, b in move if b.exists()]:
+        raise FileExistsError(f"{src} holds the table of {what}, not of {code}: it would be "
+                              f"set aside as {new}.*, but {taken} exist; move them, or pass another name")
+    for a, b in move: a.rename(b)
+    if (md := Path(out) / f'{new}.md').exists():
+        md.write_text(md.read_text().replace(f'({stem}.png)', f'({new}.png)'))
+    print(f"{src.parent / stem}.* held the table of {what}: moved to {new}.* "
+          f"({len(move)} files)", flush=True)
+    return new
+
+# %% ../nbs/13_accuracy.ipynb
 def write_report(
     df: pd.DataFrame,
     out: str | Path,
@@ -453,12 +518,14 @@ def write_report(
     "`<name>.csv`, `<name>.md` and `<name>.png` in `out`, from the table of finished cells."
     out = resolve_path(out)
     out.mkdir(parents=True, exist_ok=True)
-    code = Path(runs).name[5:]                  # a fresh clone restores this code's cells from these files
+    code = code_of(runs)                  # a fresh clone restores this code's cells from these files
+    set_aside(out, name, code)                                    # another code's report: renamed, not lost
     df.assign(code=code).to_csv(out / f'{name}.csv', index=False)
     runs_ = dict.fromkeys(p for r in df[~df.model.isin(CLOSED_FORM)].run for p in r.split(' + '))
-    curves = [h.assign(run=r) for r in runs_ if (h := history(runs, r)) is not None]
-    if curves:
-        c = pd.concat(curves, ignore_index=True)
+    saved = curves(runs)
+    kept = [h.assign(run=r) for r in runs_ if (h := history(runs, r, saved)) is not None]
+    if kept:
+        c = pd.concat(kept, ignore_index=True)
         c.insert(0, 'run', c.pop('run'))
         c.insert(0, 'code', code)
         c.to_csv(out / f'{name}-curves.csv', index=False)
@@ -512,9 +579,9 @@ def report(runs_dir='runs/accuracy', out='reports', code: str | None = None, qui
     scores = root / 'scores.csv'
     restore(root, out, name)
     if not scores.exists():
-        have = sorted(p.parent.name[5:] for p in resolve_path(runs_dir).glob('code-*/scores.csv'))
+        have = sorted(code_of(p.parent) for p in resolve_path(runs_dir).glob('code-*/scores.csv'))
         raise FileNotFoundError(f"No benchmark table {scores}: expected the scores.csv of training code "
-                                f"{root.name[5:]}; tables found in {runs_dir}: {have or 'none'}")
+                                f"{code_of(root)}; tables found in {runs_dir}: {have or 'none'}")
     table = read_table(scores)
     write_report(table, out, root, quick, command, name)
     return table
@@ -535,9 +602,10 @@ def main(argv: list[str] | None = None):
     ap.add_argument('--monkeys', nargs='+', default=list(MONKEYS))
     ap.add_argument('--draws', nargs='+', type=int, default=list(DRAWS))
     ap.add_argument('--budgets', nargs='+', type=float, default=list(BUDGETS), help='minutes per model')
-    ap.add_argument('--runs-dir', default='runs/accuracy')
+    ap.add_argument('--runs-dir', help='default: runs/accuracy (--quick: runs/accuracy-quick)')
     ap.add_argument('--out', default='reports')
-    ap.add_argument('--name', default='accuracy', help="the report files' stem: OUT/NAME.md, .csv, .png")
+    ap.add_argument('--name', help="the report files' stem: OUT/NAME.md, .csv, .png; default: accuracy "
+                    "(--quick: accuracy-quick)")
     ap.add_argument('--device', default='auto')
     ap.add_argument(
         '--quick', action='store_true', help='tiny models and data: a smoke run, not a measurement'
@@ -547,6 +615,7 @@ def main(argv: list[str] | None = None):
     ap.add_argument('--code', metavar='HASH', help="with --report-only: an earlier training code's table "
                     "(runs-dir/code-HASH); default: the present code's")
     a = ap.parse_args(argv)
+    a.runs_dir, a.name = quick_names(a.runs_dir, a.name, a.quick)
     cmd = ('python -m neurofc.accuracy ' + ' '.join(argv if argv is not None else sys.argv[1:])).strip()
     if a.code and not a.report_only:
         ap.error(f"--code {a.code} needs --report-only: training always runs the present code "

@@ -12,16 +12,16 @@ import pandas as pd
 import torch
 
 import neurofc
-from .core import resolve_path, compute_stats
+from .core import resolve_path, compute_stats, model_parts
 from .data import MonkeyData, Session, load_monkey, find_sessions, challenge_mse
 from .evaluate import load_test_sets
 from .config import RunConfig, phase_config
 from .runs import load_run, code_fingerprint
-from .core import model_parts
 from .train import fit, with_pretrained
 from .tta import reconstructs
-from .accuracy import (draw_data, code_dir, MONKEYS, log_command, commands, restore, restored, key_of,
-                              read_table, write_commands)
+from .accuracy import (
+    draw_data, code_dir, code_of, quick_names, MONKEYS, log_command, commands, restore, restored, key_of,
+    read_table, write_commands, set_aside)
 from .synthetic import add_days, extra_keys, is_synthetic, synthetic_info, day_files
 
 # %% auto 0
@@ -166,16 +166,16 @@ def kept_as_scored(table: pd.DataFrame, key: dict, kept: set[str], shots, modes)
     return {str(k) for k in shots} <= ks and need <= tuned
 
 def run(draws=(0,), monkeys=('beignet', 'affi'), phases=PHASES, shots=SHOTS, modes=MODES, minutes: float = 10,
-        pretrain_minutes: float = 10, steps: int = 200, runs_dir='runs/adaptation', out='reports',
+        pretrain_minutes: float = 10, steps: int = 200, runs_dir=None, out='reports',
         device: str = 'auto', quick: bool = False, progress: bool = True, command: str | None = None,
         extra_days: int = 0, data_root='data'):
     """Train, adapt and score every held-out day (reusing finished runs); the table and report follow each
     day. `extra_days`: simulated later days added to each monkey's (`days_tree`), held out in turn too."""
+    runs_dir, stem = quick_names(runs_dir, None, quick, 'adaptation')   # a smoke run: runs/adaptation-quick
     root, shots = code_dir(runs_dir), check_shots(shots)
     path = root / 'scores.csv'
-    stem = 'adaptation-quick' if quick else 'adaptation'
     if n := restore(root, out, stem, KEY, with_extra):
-        print(f"{n} rows of training code {root.name[5:]} restored from {resolve_path(out) / stem}.csv: days "
+        print(f"{n} rows of training code {code_of(root)} restored from {resolve_path(out) / stem}.csv: days "
               "scored there with every k and mode asked for are kept as scored", flush=True)
     table = with_extra(read_table(path)) if path.exists() else pd.DataFrame()
     kept = restored(root)
@@ -192,9 +192,9 @@ def run(draws=(0,), monkeys=('beignet', 'affi'), phases=PHASES, shots=SHOTS, mod
         cfg = phase_config(phase, monkey, quick=quick, max_minutes=minutes, **kw)
         cell, pre = root / tag / monkey / f'{minutes:g}min', root / tag / 'pretrain'
         key = lambda day: dict(zip(KEY, (draw, extra_days, monkey, phase, day, minutes)))
-        days = [d for d in later_days(data_dir, monkey)
-                if not kept_as_scored(table, key(d), kept, shots, modes)]
-        for d in later_days(data_dir, monkey):
+        held = later_days(data_dir, monkey)
+        days = [d for d in held if not kept_as_scored(table, key(d), kept, shots, modes)]
+        for d in held:
             if d not in days: say(f"{d}: kept as scored on another machine (restored from the report)")
         if not days: continue
         say("every day")
@@ -309,7 +309,8 @@ def write_report(df: pd.DataFrame, out='reports', quick: bool = False, command: 
     out.mkdir(parents=True, exist_ok=True)
     stem = out / ('adaptation-quick' if quick else 'adaptation')
     code = code_fingerprint()
-    tag = root.name[5:] if root is not None else code['source_sha256'][:8]
+    tag = code_of(root) if root is not None else code['source_sha256'][:8]
+    set_aside(out, stem.name, tag)                                  # another code's report: renamed, not lost
     df.assign(code=tag).to_csv(stem.with_suffix('.csv'), index=False)    # a fresh clone restores from it
     plot(df, stem.with_suffix('.png'))
     cmds = commands(root) if root is not None else []
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None):
     p.add_argument('--extra-days', type=int, default=0,
                    help='simulated later days added to each monkey (synthetic.add_days), held out in turn')
     p.add_argument('--steps', type=int, default=200, help='optimisation steps of a k-shot fine-tune')
-    p.add_argument('--runs', default='runs/adaptation')
+    p.add_argument('--runs', help='default: runs/adaptation (--quick: runs/adaptation-quick)')
     p.add_argument('--out', default='reports')
     p.add_argument('--device', default='auto')
     p.add_argument('--quick', action='store_true')

@@ -566,6 +566,8 @@ def add_days(out_dir: str | Path, monkey: str, n: int = 1, seed: int = 0, n_trai
     if n < 1: raise ValueError(f"add_days: n is the number of days to add, expected >= 1, found {n}")
     keys = list(keys or extra_keys(monkey, n))
     if len(keys) != n: raise ValueError(f"add_days: expected {n} keys, found {len(keys)}: {keys}")
+    if bad := [k for k in keys if not k.startswith(f'{m.name}_')]:     # else its files name another subject
+        raise ValueError(f"add_days: a key of {m.name}'s must start with '{m.name}_', found {bad}")
     known = [k for k in keys if any(s.key == k for s in m.registered)]
     if known: raise ValueError(f"add_days: {known} are registered days of {m.name}, not new ones")
     last = _n_trials(m.registered[-1])
