@@ -257,7 +257,7 @@ def figure(df: pd.DataFrame):
             ax.plot(h.k.map(ks.index), h.mse, style[mode], marker='o', ms=3, color=colour[tta])
         ax.set_xticks(range(len(ks)), ks)
         ax.set(xlabel='labelled trials of the held-out day (k)', ylabel='test MSE')
-        ax.set_title(f"{monkey}, draw {draw}, {phase}: {day}", fontsize=9)
+        ax.set_title(f"{monkey}, draw {draw}, {phase}:\n{day}", fontsize=9)      # two lines: no overlap
     for ax in axes.flat[len(panels):]: ax.axis('off')
     seen = set(df.tta)
     handles = [Line2D([], [], color=colour[t], marker='o', label=f'tta: {t}') for t in TTA if t in seen]
