@@ -51,6 +51,11 @@ ABLATIONS = {
     'transfer-no-freeze': ('transfer', dict(freeze=(), freeze_epochs=0)),
     # a fine-tuning learning rate a quarter of the phase's: the pretrained weights move less
     'transfer-lr5e-4': ('transfer', dict(lr=5e-4)),
+    # the backbone frozen for five epochs, not one: the adapters fit before the pretrained weights move
+    'transfer-freeze5': ('transfer', dict(freeze_epochs=5)),
+    # validation after every epoch, not every fifth: the early minimum of a fast-fitting run is caught
+    'compete-val1': ('compete', dict(val_every=1)),
+    'transfer-val1': ('transfer', dict(val_every=1)),
 }
 BUDGETS = (2, 10, 30)       # minutes of training (and validation) per model
 DRAWS = (0, 1)              # independent simulator draws (their seeds)
@@ -430,16 +435,16 @@ def plot(df: pd.DataFrame, runs: Path, path: Path):
     import matplotlib.pyplot as plt
     monkeys, saved = list(dict.fromkeys(df.monkey)), curves(runs)
     names = [*MODELS, *ABLATIONS]
-    colors = dict(zip(names, plt.get_cmap('tab20').colors))          # one colour per row name in every panel
+    colors = dict(zip(names, plt.get_cmap('tab20').colors + plt.get_cmap('tab20b').colors))   # one per row
     color = lambda name: colors.get(_base(name))     # an ensemble, a final fit: its row's colour
     # ablations dashed, ensembles dotted, final fits dash-dotted
     style = lambda name: (':' if split_ensemble(name)[1] > 1 else '-.' if split_final(name)[1]
                           else '--' if name in ABLATIONS else '-')
     marks = dict(zip(sorted(df.draw.unique()), itertools.cycle('osD^v<>')))   # a marker per draw, every panel
+    one = df.budget_min.nunique() == 1                  # one budget: the models along x, a column each
     fig, axes = plt.subplots(len(monkeys), 2, figsize=(12, 4 * len(monkeys)), squeeze=False)
     for (ax1, ax2), monkey in zip(axes, monkeys):
         d = df[df.monkey == monkey]
-        one = df.budget_min.nunique() == 1              # one budget: the models along x, a column each
         at = {n: i for i, n in enumerate(dict.fromkeys(d.model))}
         for name, g in d.groupby('model', sort=False):
             for j, (draw, gd) in enumerate(g.sort_values('budget_min').groupby('draw')):
@@ -487,20 +492,21 @@ def set_aside(out: Path, stem: str, code: str) -> str | None:
     """Before a report of training code `code` is written as `out/<stem>.*`: if those files hold another
     code's table, rename them `<stem>-<its code>.*` (the figure link follows) and say so. Returns the new
     stem, or None. A name already taken is an error: nothing is overwritten."""
-    src = Path(out) / f'{stem}.csv'
+    out = Path(out)
+    src = out / f'{stem}.csv'
     if not src.exists(): return None
     old = read_table(src)
     was = (sorted(set(old.code.dropna())) if 'code' in old else []) or ['earlier']
     if was == [code]: return None
     new = f"{stem}-{'+'.join(was)}"
-    move = [(Path(out) / f'{stem}{s}', Path(out) / f'{new}{s}') for s in REPORT_FILES]
+    move = [(out / f'{stem}{s}', out / f'{new}{s}') for s in REPORT_FILES]
     move = [(a, b) for a, b in move if a.exists()]
     what = 'a table that names no training code' if was == ['earlier'] else f"training code {'+'.join(was)}"
     if taken := [str(b) for a, b in move if b.exists()]:
         raise FileExistsError(f"{src} holds the table of {what}, not of {code}: it would be "
                               f"set aside as {new}.*, but {taken} exist; move them, or pass another name")
     for a, b in move: a.rename(b)
-    if (md := Path(out) / f'{new}.md').exists():
+    if (md := out / f'{new}.md').exists():
         md.write_text(md.read_text().replace(f'({stem}.png)', f'({new}.png)'))
     print(f"{src.parent / stem}.* held the table of {what}: moved to {new}.* "
           f"({len(move)} files)", flush=True)

@@ -307,7 +307,7 @@ def write_report(df: pd.DataFrame, out='reports', quick: bool = False, command: 
     folder, whose `commands.txt` the header lists."""
     out = resolve_path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / ('adaptation-quick' if quick else 'adaptation')
+    stem = out / quick_names(None, None, quick, 'adaptation')[1]
     code = code_fingerprint()
     tag = code_of(root) if root is not None else code['source_sha256'][:8]
     set_aside(out, stem.name, tag)                                  # another code's report: renamed, not lost
