@@ -56,6 +56,8 @@ ABLATIONS = {
     # validation after every epoch, not every fifth: the early minimum of a fast-fitting run is caught
     'compete-val1': ('compete', dict(val_every=1)),
     'transfer-val1': ('transfer', dict(val_every=1)),
+    # a shared latent graph of 128 nodes, not 64 (pretrained anew): affi's 239 electrodes squeezed less
+    'transfer-latents128': ('transfer', dict(latents=128)),
 }
 BUDGETS = (2, 10, 30)       # minutes of training (and validation) per model
 DRAWS = (0, 1)              # independent simulator draws (their seeds)
@@ -442,7 +444,7 @@ def plot(df: pd.DataFrame, runs: Path, path: Path):
                           else '--' if name in ABLATIONS else '-')
     marks = dict(zip(sorted(df.draw.unique()), itertools.cycle('osD^v<>')))   # a marker per draw, every panel
     one = df.budget_min.nunique() == 1                  # one budget: the models along x, a column each
-    fig, axes = plt.subplots(len(monkeys), 2, figsize=(12, 4 * len(monkeys)), squeeze=False)
+    fig, axes = plt.subplots(len(monkeys), 2, figsize=(14, 4 * len(monkeys)), squeeze=False)
     for (ax1, ax2), monkey in zip(axes, monkeys):
         d = df[df.monkey == monkey]
         at = {n: i for i, n in enumerate(dict.fromkeys(d.model))}
@@ -461,26 +463,28 @@ def plot(df: pd.DataFrame, runs: Path, path: Path):
                for k in sorted(d.draw.unique())]
         ax1.legend(handles=hs, fontsize=8)
         top = d.budget_min.max()
-        drawn = set()                       # a closed form's one run stands in a row per budget: one line
+        drawn, seen = set(), []             # a closed form's one run stands in a row per budget: one line
         for r in d[(d.budget_min == top) | d.model.isin(CLOSED_FORM)].itertuples():
             # ensembles: see their seeds; final fits: no validation curve
             if r.draw != d.draw.min() or ' + ' in r.run or split_final(r.model)[1] or r.run in drawn: continue
             drawn.add(r.run)
             if r.model in CLOSED_FORM:
                 ax2.axhline(r.val_total, ls='--', lw=1, color=color(r.model),
-                            label=f'{r.model} (closed form)')
+                            label=f'{r.model} (closed form, {r.val_total:,.0f})')
                 continue
             h = history(runs, r.run, saved)
             if h is None: continue                      # neither its run nor a restored curve is here
             v = h.dropna(subset=['val_total']) if 'val_total' in h else h.iloc[:0]
             t = h['seconds'].cumsum()[v.index] / 60
+            seen += list(v['val_total'])
             ax2.plot(t, v['val_total'], 'o', ls=style(r.model), ms=3, label=r.model, color=color(r.model))
             if 'val_ema_total' in v and v['val_ema_total'].notna().any():      # its EMA weights, scored alike
                 ax2.plot(t, v['val_ema_total'], 'x', ls=':', ms=3, color=color(r.model),
                          label=f'{r.model} (EMA)')
         ax2.set(xlabel='training time (minutes)', ylabel='validation total MSE (raw units²)', yscale='log',
                 title=f'{monkey} draw {d.draw.min()}: validation at the {top:g}-minute budget')
-        ax2.legend(fontsize=8)
+        if seen: ax2.set_ylim(0.9 * min(seen), 2.5 * min(seen))       # the trained runs; closed forms: legend
+        ax2.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
