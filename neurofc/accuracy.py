@@ -481,6 +481,7 @@ def plot(df: pd.DataFrame, runs: Path, path: Path):
             if 'val_ema_total' in v and v['val_ema_total'].notna().any():      # its EMA weights, scored alike
                 ax2.plot(t, v['val_ema_total'], 'x', ls=':', ms=3, color=color(r.model),
                          label=f'{r.model} (EMA)')
+                seen += list(v['val_ema_total'].dropna())          # an EMA curve below the raw one: in view
         ax2.set(xlabel='training time (minutes)', ylabel='validation total MSE (raw units²)', yscale='log',
                 title=f'{monkey} draw {d.draw.min()}: validation at the {top:g}-minute budget')
         if seen: ax2.set_ylim(0.9 * min(seen), 2.5 * min(seen))       # the trained runs; closed forms: legend
@@ -570,7 +571,8 @@ def write_report(
             ' ensemble: K seeds of `<name>`, each trained for budget / K, forecasting their mean; its epochs,'
             ' stops and members list each seed\'s, `wall_s` is their sum. A row `<name>-final` is a final'
             ' fit: the `<name>` run retrained on every training trial, validation trials included, for the'
-            ' epochs its validation chose; it has no validation score (–); its `wall_s` is its own training.'
+            ' epochs its validation chose; it has no validation score (–); its `wall_s` is its own'
+            ' training.'
         ),
         '',
     ]
