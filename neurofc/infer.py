@@ -27,7 +27,7 @@ from .tta import (check_adapt, file_stats, reconstructs, adapt_steps, encoder_mo
                          aligned)
 
 # %% auto 0
-__all__ = ['MANIFEST', 'binom_tail', 'SessionRouter', 'Forecaster', 'context_stats', 'repair_nonfinite', 'Model']
+__all__ = ['MANIFEST', 'binom_tail', 'loo_spread', 'SessionRouter', 'Forecaster', 'context_stats', 'repair_nonfinite', 'Model']
 
 # %% ../nbs/04c_infer.ipynb
 def binom_tail(k: int, n: int, p: float) -> float:
@@ -41,6 +41,16 @@ def binom_tail(k: int, n: int, p: float) -> float:
             for j in range(k, n + 1)
         ),
     )
+
+# %% ../nbs/04c_infer.ipynb
+def loo_spread(f: np.ndarray) -> np.ndarray:
+    """Each row of features `f` (N, D): its root-mean-square distance to the mean of the other rows, every
+    feature in units of their std (population), leave-one-out in closed form. Fewer than 3 rows: in-sample."""
+    n, g = len(f), f - f.mean(0)
+    if n < 3: return np.sqrt(((g / (f.std(0) + 1e-6)) ** 2).mean(-1))
+    mu = -g / (n - 1)                                                # the others' mean, less all rows' mean
+    var = np.maximum((np.square(g).sum(0) - g ** 2) / (n - 1) - mu ** 2, 0)    # the others' variance
+    return np.sqrt((((g - mu) / (np.sqrt(var) + 1e-6)) ** 2).mean(-1))
 
 # %% ../nbs/04c_infer.ipynb
 class SessionRouter:
@@ -80,9 +90,7 @@ class SessionRouter:
         self.day_mu, self.day_sd = np.stack([f[k].mean(0) for k in self.keys]), np.stack(
             [f[k].std(0) + 1e-6 for k in self.keys]
         )
-        self.radius = np.array(
-            [np.quantile(self._spread(f[k])[:, i], self.quantile) for i, k in enumerate(self.keys)]
-        )
+        self.radius = np.array([np.quantile(loo_spread(f[k]), self.quantile) for k in self.keys])
         return self
 
     def distances(self, x) -> np.ndarray:
