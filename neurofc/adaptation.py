@@ -48,10 +48,10 @@ def check_shots(shots) -> list:
 
 # %% ../nbs/13a_adaptation.ipynb
 def shot_data(full: MonkeyData, day: str, k) -> MonkeyData:
-    "`day` alone: its first `k` training trials (`'all'`: every one), its validation trials, their stats."
+    "`day` alone: its first `k` training trials (`'all'`: every one) and their stats; no validation trials."
     tr = full.train[day] if k == 'all' else full.train[day][:k]
     if len(tr) < 1: raise ValueError(f"k-shot adaptation needs k >= 1 training trials of {day}, found 0")
-    return dataclasses.replace(full, train={day: tr}, val={day: full.val[day]},
+    return dataclasses.replace(full, train={day: tr}, val={day: full.val[day][:0]},
                                stats={day: compute_stats(tr)}, splits={day: full.splits[day]},
                                files={day: full.files[day]} if full.files else {})
 
@@ -69,7 +69,8 @@ def shot_config(cfg: RunConfig, base_dir: Path, model: torch.nn.Module, mode: st
     freeze = tuple(p for p in model_parts(model) if p not in HEAD_PARTS) if mode == 'head' else ()
     return cfg.replace(init_from=str(base_dir), pretrain=False, freeze=freeze,
                        freeze_epochs=epochs if freeze else 0, epochs=epochs, max_minutes=None, patience=0,
-                       val_every=max(1, epochs // 10), warmup=0, snapshots=0)
+                       final_fit=True, warmup=0, snapshots=0,       # no validation: the last weights ...
+                       ema_decay=0.0, predictor='best')   # ... raw: an EMA of 0.999 would stay near the base
 
 # %% ../nbs/13a_adaptation.ipynb
 def score_day(run_dir: Path, x: np.ndarray, truth: np.ndarray, tta: str) -> dict:

@@ -27,7 +27,8 @@ from .tta import (check_adapt, file_stats, reconstructs, adapt_steps, encoder_mo
                          aligned)
 
 # %% auto 0
-__all__ = ['MANIFEST', 'binom_tail', 'loo_spread', 'SessionRouter', 'Forecaster', 'context_stats', 'repair_nonfinite', 'Model']
+__all__ = ['MANIFEST', 'binom_tail', 'betabinom_tail', 'loo_spread', 'SessionRouter', 'Forecaster', 'context_stats',
+           'repair_nonfinite', 'Model']
 
 # %% ../nbs/04c_infer.ipynb
 def binom_tail(k: int, n: int, p: float) -> float:
@@ -41,6 +42,15 @@ def binom_tail(k: int, n: int, p: float) -> float:
             for j in range(k, n + 1)
         ),
     )
+
+# %% ../nbs/04c_infer.ipynb
+def betabinom_tail(k: int, n: int, a: float, b: float) -> float:
+    "P(X >= k) for X ~ BetaBinomial(n, a, b): Binomial(n, p) with p ~ Beta(a, b), summed in log space."
+    if k <= 0: return 1.0
+    lbeta = lambda u, v: math.lgamma(u) + math.lgamma(v) - math.lgamma(u + v)
+    c = math.lgamma(n + 1) - lbeta(a, b)
+    return min(1.0, sum(math.exp(c - math.lgamma(j + 1) - math.lgamma(n - j + 1) + lbeta(j + a, n - j + b))
+                        for j in range(k, n + 1)))
 
 # %% ../nbs/04c_infer.ipynb
 def loo_spread(f: np.ndarray) -> np.ndarray:
@@ -58,11 +68,11 @@ class SessionRouter:
     def __init__(
         self,
         keys: Sequence[str],
-        # a day's radius: this quantile of its training trials' distances to its centroid
+        # a day's radius: this quantile of its training trials' leave-one-out distances to its centroid
         quantile: float = 0.95,
         alpha: float = 1e-3,
     ):  # a file is unseen when so many trials lie beyond every radius that P < alpha
-        self.keys, self.quantile, self.alpha, self.radius = list(keys), quantile, alpha, None
+        self.keys, self.quantile, self.alpha, self.radius, self.n = list(keys), quantile, alpha, None, None
 
     @staticmethod
     def features(x) -> np.ndarray:
@@ -91,6 +101,7 @@ class SessionRouter:
             [f[k].std(0) + 1e-6 for k in self.keys]
         )
         self.radius = np.array([np.quantile(loo_spread(f[k]), self.quantile) for k in self.keys])
+        self.n = np.array([len(f[k]) for k in self.keys])
         return self
 
     def distances(self, x) -> np.ndarray:
@@ -125,9 +136,10 @@ class SessionRouter:
             )
         near = np.median(d[ok], 0)                      # per day: the median trial's distance
         out = int((d[ok].min(1) > 1).sum())  # trials beyond every day's radius: ~5 % for a known day
-        p = binom_tail(out, int(ok.sum()), 1 - self.quantile)
+        day = int(np.bincount(s[ok], minlength=len(self.keys)).argmax())
+        p = self.tail(out, int(ok.sum()), day)
         return dict(
-            day=int(np.bincount(s[ok], minlength=len(self.keys)).argmax()),
+            day=day,
             unseen=bool(p < self.alpha),
             distance={k: float(v) for k, v in zip(self.keys, near)},
             nearest=float(near.min()),
@@ -135,6 +147,13 @@ class SessionRouter:
             p_value=p,
             trial_distance=d,
         )
+
+    def tail(self, out: int, N: int, day: int) -> float:
+        """P(at least `out` of `N` trials of `day` lie beyond its radius): beta-binomial for the radius's
+        order statistic of the day's `n` training trials; binomial for a router saved without `n`."""
+        if self.n is None: return binom_tail(out, N, 1 - self.quantile)
+        m = self.quantile * (self.n[day] - 1) + 1         # the radius's (interpolated) order statistic
+        return betabinom_tail(out, N, self.n[day] + 1 - m, m)
 
     def predict_file(self, x) -> int:
         "The majority session index of a whole file (trials with a non-finite context do not vote)."
@@ -150,14 +169,15 @@ class SessionRouter:
             'alpha': self.alpha,
             **{
                 k: None if self.radius is None else getattr(self, k).tolist()
-                for k in ('day_mu', 'day_sd', 'radius')
+                for k in ('day_mu', 'day_sd', 'radius', 'n')
             },
         }
     @classmethod
     def from_state_dict(cls, d: dict) -> SessionRouter:
         r = cls(d['keys'], d.get('quantile', 0.95), d.get('alpha', 1e-3))
         r.mu, r.sd, r.centroids = (np.asarray(d[k]) for k in ('mu', 'sd', 'centroids'))
-        for k in ('day_mu', 'day_sd', 'radius'): setattr(r, k, None if d.get(k) is None else np.asarray(d[k]))
+        for k in ('day_mu', 'day_sd', 'radius', 'n'):
+            setattr(r, k, None if d.get(k) is None else np.asarray(d[k]))
         return r
 
 # %% ../nbs/04c_infer.ipynb
