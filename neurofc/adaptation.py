@@ -4,7 +4,7 @@
 
 # %% ../nbs/13a_adaptation.ipynb 2
 from __future__ import annotations
-import argparse, contextlib, dataclasses, io, math, shutil, sys, time
+import argparse, contextlib, copy, dataclasses, io, math, shutil, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +12,15 @@ import pandas as pd
 import torch
 
 import neurofc
-from .core import resolve_path, compute_stats, model_parts
+from .core import resolve_path, compute_stats, model_parts, check_array
 from .data import MonkeyData, Session, load_monkey, find_sessions, challenge_mse
 from .evaluate import load_test_sets
 from .config import RunConfig, phase_config
 from .runs import load_run, code_fingerprint
 from .train import fit, with_pretrained
 from .tta import reconstructs
+from .infer import Forecaster, SessionRouter
+from .amag import SessionEmbedding
 from .accuracy import (
     draw_data, code_dir, code_of, quick_names, MONKEYS, log_command, commands, restore, restored, key_of,
     read_table, write_commands, set_aside)
@@ -26,12 +28,14 @@ from .synthetic import add_days, extra_keys, is_synthetic, synthetic_info, day_f
 
 # %% auto 0
 __all__ = ['SHOTS', 'MODES', 'TTA', 'PHASES', 'HEAD_PARTS', 'KEY', 'check_shots', 'shot_data', 'head_parts', 'shot_config',
-           'score_day', 'days_tree', 'later_days', 'day_rows', 'with_extra', 'labelled', 'kept_as_scored', 'run',
-           'md_table', 'figure', 'plot', 'totals', 'totals_table', 'write_report', 'main']
+           'mean_sessions', 'day_forecaster', 'score_day', 'days_tree', 'later_days', 'day_rows', 'with_extra',
+           'labelled', 'kept_as_scored', 'run', 'md_table', 'figure', 'plot', 'totals', 'totals_table', 'write_report',
+           'main']
 
 # %% ../nbs/13a_adaptation.ipynb
 SHOTS = (0, 8, 32, 'all')               # labelled trials of the held-out day
-MODES = ('head', 'all')                 # what a k-shot fine-tune trains: the per-day parts, or everything
+MODES = ('register', 'head', 'all')     # what k trials do: set the day's statistics (nothing trained), or
+                                        # also fine-tune its per-day parts, or everything
 TTA = {'none': (), 'stats': ('stats',), 'coral': ('coral',), 'stats+coral': ('stats', 'coral'),
        'stats+steps': ('stats', 'steps')}
 PHASES = ('compete', 'transfer')
@@ -73,10 +77,32 @@ def shot_config(cfg: RunConfig, base_dir: Path, model: torch.nn.Module, mode: st
                        ema_decay=0.0, predictor='best')   # ... raw: an EMA of 0.999 would stay near the base
 
 # %% ../nbs/13a_adaptation.ipynb
-def score_day(run_dir: Path, x: np.ndarray, truth: np.ndarray, tta: str) -> dict:
-    """Raw-unit MSE on one test file of the run `run_dir` with test-time method `tta` (`TTA`), and the seconds
-    the forecast took (adaptation included)."""
-    f = load_run(run_dir).set_adapt(TTA[tta])
+def mean_sessions(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` whose session embeddings hold one vector, the mean of theirs: the vector it reads for
+    a day it does not know, now as day 0."""
+    m = copy.deepcopy(model)
+    for e in m.modules():
+        if isinstance(e, SessionEmbedding):
+            w = e.emb.weight.detach().mean(0, keepdim=True)
+            e.emb = torch.nn.Embedding.from_pretrained(w, freeze=False)
+            e.n = 1
+    return m
+
+def day_forecaster(f: Forecaster, day: str, trials: np.ndarray) -> Forecaster:
+    """`f`'s weights forecasting one new `day` known from labelled `trials` (N, 20, C, F; at least 1): their
+    statistics normalise it, `mean_sessions` stands for it, a router fitted on them recognises it. Nothing
+    trained; `f` untouched."""
+    C, Fe = next(iter(f.stats.values())).mean.shape
+    trials = check_array(trials, C, f"{day}'s labelled trials", Fe, min_trials=1)
+    router = SessionRouter([day], f.router.quantile, f.router.alpha).fit({day: trials})
+    return Forecaster([mean_sessions(m) for m in f.models], {day: compute_stats(trials)}, router, f.device,
+                      f.batch_size, f.use_session, f.norm, features=f.features)
+
+# %% ../nbs/13a_adaptation.ipynb
+def score_day(run: Path | Forecaster, x: np.ndarray, truth: np.ndarray, tta: str) -> dict:
+    """Raw-unit MSE on one test file of `run` (a run's folder, or a forecaster) with test-time method `tta`
+    (`TTA`), and the seconds the forecast took (adaptation included)."""
+    f = (run if isinstance(run, Forecaster) else load_run(run)).set_adapt(TTA[tta])
     t0 = time.perf_counter()
     y = f.predict(x)
     return dict(mse=challenge_mse(y, truth), seconds=time.perf_counter() - t0)
@@ -118,7 +144,8 @@ def _train(cfg: RunConfig, data: MonkeyData, run_dir: Path, device, pre: tuple |
 def day_rows(cfg: RunConfig, full: MonkeyData, day: str, test: dict, cell: Path, pre: Path, data_dir: Path,
              shots, modes, steps: int, device, say=print) -> list[dict]:
     """The rows of one held-out `day` (`test`: its `load_test_sets` entry): the all-days yardstick, the
-    run without the day (k = 0) and its k-shot fine-tunes, each with every test-time method that applies."""
+    run without the day (k = 0), its registration and its k-shot fine-tunes, each with every test-time method
+    that applies."""
     x, truth = test['masked'], test['truth'][..., 0]
     root = cell.parents[2]
     rel = lambda d: str(d.relative_to(root))
@@ -129,16 +156,18 @@ def day_rows(cfg: RunConfig, full: MonkeyData, day: str, test: dict, cell: Path,
     base = _train(cfg, lodo, cell / f'without-{day}' / f'{cfg.phase}-seed0', device, (pre, (day,)))
     model = load_run(base).models[0]
     for k in shots:
-        for mode in ([None] if k == 0 else [m for m in modes if m == 'all' or head_parts(model)]):
-            d = base
+        for mode in ([None] if k == 0 else [m for m in modes if m != 'head' or head_parts(model)]):
+            d = f = base
             if k:
                 say(f"{day}: k={k} {mode}")
                 data = shot_data(full, day, k)
+            if k and mode == 'register': f = day_forecaster(load_run(base), day, data.train[day])
+            elif k:
                 scfg = shot_config(cfg, base, model, mode, len(data.train[day]), steps)
-                d = _train(scfg, data, cell / f'without-{day}' / f'{cfg.phase}-k{k}-{mode}-seed0', device)
+                d = f = _train(scfg, data, cell / f'without-{day}' / f'{cfg.phase}-k{k}-{mode}-seed0', device)
             for t in TTA:
                 if 'steps' in TTA[t] and not reconstructs(model): continue
-                rows.append(dict(k=k, mode=mode or '–', tta=t, run=rel(d), **score_day(d, x, truth, t)))
+                rows.append(dict(k=k, mode=mode or '–', tta=t, run=rel(d), **score_day(f, x, truth, t)))
     return rows
 
 # %% ../nbs/13a_adaptation.ipynb
@@ -157,13 +186,13 @@ KEY = ['draw', 'extra_days', 'monkey', 'phase', 'day', 'minutes']
 
 def kept_as_scored(table: pd.DataFrame, key: dict, kept: set[str], shots, modes) -> bool:
     """Whether the held-out day `key` (`KEY`: value) was restored from a committed report (`kept`: the keys
-    `accuracy.restore` took) with every k of `shots` and, where k > 0, the fine-tune mode `all` if asked for:
-    then it is kept as scored there. A day scored with fewer is trained again."""
+    `accuracy.restore` took) with every k of `shots` and, where k > 0, the modes `register` and `all` if asked
+    for (every model has them): then it is kept as scored there. A day scored with fewer is trained again."""
     if not len(table) or key_of(key.values()) not in kept: return False
     rows = table[(table[list(key)] == pd.Series(key)).all(axis=1)]
     ks = set(rows.k.astype(str))
     tuned = set(rows['mode'][~rows.k.astype(str).isin(['0', 'all days'])])
-    need = {'all'} & set(modes) if any(str(k) != '0' for k in shots) else set()     # some fine-tuning
+    need = {'register', 'all'} & set(modes) if any(str(k) != '0' for k in shots) else set()   # k > 0
     return {str(k) for k in shots} <= ks and need <= tuned
 
 def run(draws=(0,), monkeys=('beignet', 'affi'), phases=PHASES, shots=SHOTS, modes=MODES, minutes: float = 10,
@@ -226,7 +255,7 @@ def md_table(df: pd.DataFrame) -> str:
     wide.columns = [f"{'MSE' if v == 'mse' else '÷ all days'} ({t})" for v, t in cols]
     wide = wide.reset_index().sort_values(idx, key=lambda c: c.map(_k_order) if c.name == 'k' else c)
     fmt = lambda v, c: '–' if pd.isna(v) else (f"{v:,.0f}" if c.startswith('MSE') else f"{v:.2f}")
-    head = ['draw', 'monkey', 'phase', 'held-out day', 'k', 'fine-tune', *wide.columns[6:]]
+    head = ['draw', 'monkey', 'phase', 'held-out day', 'k', 'k-shot', *wide.columns[6:]]
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for _, r in wide.iterrows():
         lines.append('| ' + ' | '.join([str(r[c]) for c in idx] + [fmt(r[c], c) for c in wide.columns[6:]])
@@ -235,8 +264,9 @@ def md_table(df: pd.DataFrame) -> str:
 
 # %% ../nbs/13a_adaptation.ipynb
 def figure(df: pd.DataFrame):
-    """Test MSE against k per held-out day (panels): colour = test-time method, line = fine-tune mode (solid:
-    everything, dashed: the head only), starting at k = 0; the dotted black line is the all-days yardstick."""
+    """Test MSE against k per held-out day (panels): colour = test-time method, line = k-shot mode (solid:
+    every weight fine-tuned, dashed: the head only, dash-dot: registered, nothing trained), starting at k = 0;
+    the dotted black line is the all-days yardstick."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     panels = list(labelled(df).groupby(['draw', 'monkey', 'phase', 'day'], sort=False))
@@ -244,7 +274,7 @@ def figure(df: pd.DataFrame):
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows + 0.8), squeeze=False)
     colour = {t: f'C{i}' for i, t in enumerate(TTA)}
-    style = {'all': '-', 'head': '--', '–': ''}
+    style = {'all': '-', 'head': '--', 'register': '-.', '–': ''}
     for ax, ((draw, monkey, phase, day), g) in zip(axes.flat, panels):
         k = g.k.astype(str)
         if (k == 'all days').any(): ax.axhline(g[k == 'all days'].mse.iloc[0], color='k', ls=':', lw=1.2)
@@ -262,9 +292,10 @@ def figure(df: pd.DataFrame):
     for ax in axes.flat[len(panels):]: ax.axis('off')
     seen = set(df.tta)
     handles = [Line2D([], [], color=colour[t], marker='o', label=f'tta: {t}') for t in TTA if t in seen]
-    handles += [Line2D([], [], color='grey', ls='-', label='fine-tune: all'),
-                Line2D([], [], color='grey', ls='--', label='fine-tune: head'),
-                Line2D([], [], color='k', ls=':', label='all days (yardstick)')]
+    modes = [('all', 'fine-tune: all'), ('head', 'fine-tune: head'), ('register', 'register (no training)')]
+    handles += [Line2D([], [], color='grey', ls=style[m], label=lab) for m, lab in modes
+                if m in set(df['mode'])]
+    handles.append(Line2D([], [], color='k', ls=':', label='all days (yardstick)'))
     fig.legend(handles=handles, loc='lower center', ncol=min(len(handles), 8), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.8 / (3.4 * rows + 0.8), 1, 1))
     plt.close(fig)
@@ -289,7 +320,7 @@ def totals(df: pd.DataFrame) -> pd.DataFrame:
 
 # %% ../nbs/13a_adaptation.ipynb
 def totals_table(df: pd.DataFrame) -> pd.DataFrame:
-    """`totals`, one row per (draw, monkey, phase, k, fine-tune) and one column per test-time method:
+    """`totals`, one row per (draw, monkey, phase, k, k-shot mode) and one column per test-time method:
     'MSE (÷)', with the count of days where a method has fewer than the row."""
     t = totals(df)
     idx = ['draw', 'monkey', 'phase', 'k', 'mode']
@@ -299,7 +330,7 @@ def totals_table(df: pd.DataFrame) -> pd.DataFrame:
     w = t.pivot_table(index=idx + ['of'], columns='tta', values='cell', aggfunc='first', sort=False)
     w = w[[c for c in TTA if c in w.columns]].fillna('–').reset_index()
     w = w.sort_values(idx[:4], key=lambda c: c.map(_k_order) if c.name == 'k' else c)
-    return w.rename(columns={'mode': 'fine-tune', 'of': 'held-out days'}).reset_index(drop=True)
+    return w.rename(columns={'mode': 'k-shot', 'of': 'held-out days'}).reset_index(drop=True)
 
 # %% ../nbs/13a_adaptation.ipynb
 def write_report(df: pd.DataFrame, out='reports', quick: bool = False, command: str | None = None,
@@ -326,9 +357,10 @@ def write_report(df: pd.DataFrame, out='reports', quick: bool = False, command: 
         f"{(code.get('commit') or '?')[:12]} · {torch.__version__}, {torch.get_num_threads()} threads",
         '',
         "Test MSE (raw units, as the challenge scores) on each held-out day's test file. `k`: labelled "
-        "trials of the day fine-tuned on (0: the run trained without the day; `all days`: the same phase "
-        "trained on every day, the yardstick); `fine-tune`: `head` trains the session embedding or adapters "
-        "only, `all` every weight; test-time methods: `none`, `stats` (the file's context statistics), "
+        "trials of the day adapted to (0: the run trained without the day; `all days`: the same phase "
+        "trained on every day, the yardstick); `k-shot`: `register` sets the day's statistics from the k "
+        "trials and trains nothing, `head` fine-tunes the session embedding or adapters only, `all` every "
+        "weight; test-time methods: `none`, `stats` (the file's context statistics), "
         "`coral` (encoder features aligned to the training trials'), `stats+coral`, `stats+steps` (and "
         "self-supervised steps; stitched models only). A draw `d + n sim. days` is draw d's data with n "
         "more later days per monkey from the simulator (`synthetic.add_days`, keys `<monkey>_sim-day<j>`), "
