@@ -269,7 +269,7 @@ def figure(df: pd.DataFrame):
     the dotted black line is the all-days yardstick."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-    panels = list(labelled(df).groupby(['draw', 'monkey', 'phase', 'day'], sort=False))
+    panels = list(labelled(df).groupby(['draw', 'monkey', 'phase', 'day']))   # sorted: not in run order
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows + 0.8), squeeze=False)
