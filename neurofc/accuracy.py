@@ -218,8 +218,8 @@ def commands(root: Path) -> list[str]:
     return list(dict.fromkeys(l for l in f.read_text().splitlines() if l and l[0] != '#'))
 
 def read_table(path: Path) -> pd.DataFrame:
-    "A table as written: the hashes (`code`, `commit`) stay text, `00123456` too."
-    return pd.read_csv(path, dtype={'code': str, 'commit': str})
+    "A table as written: the hashes (`code`, `commit`, a run's `seal`) stay text, `00123456` too."
+    return pd.read_csv(path, dtype={'code': str, 'commit': str, 'seal': str})
 
 def curves(root: Path) -> pd.DataFrame:
     "The learning curves restored from a report (`root/curves.csv`, a `run` column); empty if none were."

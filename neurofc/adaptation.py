@@ -16,26 +16,26 @@ from .core import resolve_path, compute_stats, model_parts, check_array
 from .data import MonkeyData, Session, load_monkey, find_sessions, challenge_mse
 from .evaluate import load_test_sets
 from .config import RunConfig, phase_config
-from .runs import load_run, code_fingerprint
+from .runs import load_run, code_fingerprint, atomic_save, read_json, SEAL
 from .train import fit, with_pretrained
 from .tta import reconstructs
 from .infer import Forecaster, SessionRouter
 from .amag import SessionEmbedding
 from .accuracy import (
     draw_data, code_dir, code_of, quick_names, MONKEYS, log_command, commands, restore, restored, key_of,
-    read_table, write_commands, set_aside)
+    keys_of, read_table, write_commands, set_aside)
 from .synthetic import add_days, extra_keys, is_synthetic, synthetic_info, day_files
 
 # %% auto 0
-__all__ = ['SHOTS', 'MODES', 'TTA', 'PHASES', 'HEAD_PARTS', 'KEY', 'check_shots', 'shot_data', 'head_parts', 'shot_config',
-           'mean_sessions', 'day_forecaster', 'score_day', 'days_tree', 'later_days', 'day_rows', 'with_extra',
-           'labelled', 'kept_as_scored', 'run', 'md_table', 'figure', 'plot', 'totals', 'totals_table', 'write_report',
-           'main']
+__all__ = ['SHOTS', 'MODES', 'TTA', 'PHASES', 'HEAD_PARTS', 'KEY', 'QUICK', 'FULL', 'check_shots', 'shot_data', 'head_parts',
+           'shot_config', 'mean_sessions', 'mean_checkpoint', 'day_forecaster', 'run_seal', 'score_day', 'days_tree',
+           'later_days', 'day_rows', 'with_extra', 'labelled', 'kept_as_scored', 'unmark', 'stale_days', 'run',
+           'md_table', 'figure', 'plot', 'totals', 'totals_table', 'write_report', 'parse', 'main']
 
 # %% ../nbs/13a_adaptation.ipynb
 SHOTS = (0, 8, 32, 'all')               # labelled trials of the held-out day
-MODES = ('register', 'head', 'all')     # what k trials do: set the day's statistics (nothing trained), or
-                                        # also fine-tune its per-day parts, or everything
+MODES = ('register', 'head', 'all', 'register+head')   # what k trials do: set the day's statistics (nothing
+    # trained); fine-tune its per-day parts, or everything; or register, then fine-tune the per-day parts
 TTA = {'none': (), 'stats': ('stats',), 'coral': ('coral',), 'stats+coral': ('stats', 'coral'),
        'stats+steps': ('stats', 'steps')}
 PHASES = ('compete', 'transfer')
@@ -65,12 +65,13 @@ def head_parts(model: torch.nn.Module) -> list[str]:
 
 def shot_config(cfg: RunConfig, base_dir: Path, model: torch.nn.Module, mode: str, n_train: int,
                 steps: int = 200) -> RunConfig:
-    "`cfg` fine-tuned from the run `base_dir` on `n_train` trials for about `steps` steps (`mode`: MODES)."
+    """`cfg` fine-tuned from `base_dir` (a run, or `register+head`: its `mean_checkpoint`) on `n_train` trials
+    for about `steps` steps (`mode`: MODES)."""
     if mode not in MODES: raise ValueError(f"Unknown mode {mode!r}; known: {list(MODES)}")
-    if mode == 'head' and not head_parts(model):
+    if 'head' in mode and not head_parts(model):
         raise ValueError(f"A head fine-tune trains {list(HEAD_PARTS)}: this {type(model).__name__} has none")
     epochs = max(1, round(steps / math.ceil(n_train / cfg.batch)))
-    freeze = tuple(p for p in model_parts(model) if p not in HEAD_PARTS) if mode == 'head' else ()
+    freeze = tuple(p for p in model_parts(model) if p not in HEAD_PARTS) if 'head' in mode else ()
     return cfg.replace(init_from=str(base_dir), pretrain=False, freeze=freeze,
                        freeze_epochs=epochs if freeze else 0, epochs=epochs, max_minutes=None, patience=0,
                        final_fit=True, warmup=0, snapshots=0,       # no validation: the last weights ...
@@ -88,6 +89,14 @@ def mean_sessions(model: torch.nn.Module) -> torch.nn.Module:
             e.n = 1
     return m
 
+def mean_checkpoint(base: Path, path: Path) -> Path:
+    """`mean_sessions` of the run `base`'s first member, its weights saved at `path` (once; `base`
+    untouched): the start of a `register+head` fine-tune, whose one-day model loads the mean embedding."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(mean_sessions(load_run(base).models[0]).state_dict(), path)
+    return path
+
 def day_forecaster(f: Forecaster, day: str, trials: np.ndarray) -> Forecaster:
     """`f`'s weights forecasting one new `day` known from labelled `trials` (N, 20, C, F; at least 1): their
     statistics normalise it, `mean_sessions` stands for it, a router fitted on them recognises it. Nothing
@@ -99,6 +108,11 @@ def day_forecaster(f: Forecaster, day: str, trials: np.ndarray) -> Forecaster:
                       f.batch_size, f.use_session, f.norm, features=f.features)
 
 # %% ../nbs/13a_adaptation.ipynb
+def run_seal(run: Path) -> str:
+    """What a finished `run` holds, in 12 hex digits (its sealed `metrics.json`'s SHA-256): a row scored on it
+    names it, so a table row of an earlier training of the same folder can be told."""
+    return read_json(run / SEAL, 'the seal of a finished neurofc run')['files']['metrics.json'][:12]
+
 def score_day(run: Path | Forecaster, x: np.ndarray, truth: np.ndarray, tta: str) -> dict:
     """Raw-unit MSE on one test file of `run` (a run's folder, or a forecaster) with test-time method `tta`
     (`TTA`), and the seconds the forecast took (adaptation included)."""
@@ -150,7 +164,8 @@ def day_rows(cfg: RunConfig, full: MonkeyData, day: str, test: dict, cell: Path,
     root = cell.parents[2]
     rel = lambda d: str(d.relative_to(root))
     ref = cell / 'all-days' / f'{cfg.phase}-seed0'
-    rows = [dict(k='all days', mode='–', tta='none', run=rel(ref), **score_day(ref, x, truth, 'none'))]
+    rows = [dict(k='all days', mode='–', tta='none', run=rel(ref), seal=run_seal(ref),
+                 **score_day(ref, x, truth, 'none'))]
     say(f"without {day}")
     lodo = load_monkey(data_dir, full.monkey, days=[k for k in full.keys if k != day])
     base = _train(cfg, lodo, cell / f'without-{day}' / f'{cfg.phase}-seed0', device, (pre, (day,)))
@@ -163,11 +178,14 @@ def day_rows(cfg: RunConfig, full: MonkeyData, day: str, test: dict, cell: Path,
                 data = shot_data(full, day, k)
             if k and mode == 'register': f = day_forecaster(load_run(base), day, data.train[day])
             elif k:
-                scfg = shot_config(cfg, base, model, mode, len(data.train[day]), steps)
+                src = base if mode != 'register+head' else mean_checkpoint(base, base.with_name(
+                    f'{base.name}-mean-sessions-{run_seal(base)}.pt'))          # a new one if base is new
+                scfg = shot_config(cfg, src, model, mode, len(data.train[day]), steps)
                 d = f = _train(scfg, data, cell / f'without-{day}' / f'{cfg.phase}-k{k}-{mode}-seed0', device)
             for t in TTA:
                 if 'steps' in TTA[t] and not reconstructs(model): continue
-                rows.append(dict(k=k, mode=mode or '–', tta=t, run=rel(d), **score_day(f, x, truth, t)))
+                rows.append(dict(k=k, mode=mode or '–', tta=t, run=rel(d), seal=run_seal(d),
+                                 **score_day(f, x, truth, t)))
     return rows
 
 # %% ../nbs/13a_adaptation.ipynb
@@ -186,14 +204,31 @@ KEY = ['draw', 'extra_days', 'monkey', 'phase', 'day', 'minutes']
 
 def kept_as_scored(table: pd.DataFrame, key: dict, kept: set[str], shots, modes) -> bool:
     """Whether the held-out day `key` (`KEY`: value) was restored from a committed report (`kept`: the keys
-    `accuracy.restore` took) with every k of `shots` and, where k > 0, the modes `register` and `all` if asked
-    for (every model has them): then it is kept as scored there. A day scored with fewer is trained again."""
+    `accuracy.restore` took) with every k of `shots` and, where k > 0, every mode asked for (`head` modes
+    where the day has `head` rows: a model without per-day parts has none): then it is kept as scored there.
+    A day scored with fewer is trained again."""
     if not len(table) or key_of(key.values()) not in kept: return False
     rows = table[(table[list(key)] == pd.Series(key)).all(axis=1)]
     ks = set(rows.k.astype(str))
     tuned = set(rows['mode'][~rows.k.astype(str).isin(['0', 'all days'])])
-    need = {'register', 'all'} & set(modes) if any(str(k) != '0' for k in shots) else set()   # k > 0
+    need = {m for m in modes if 'head' not in m or 'head' in tuned}
+    if all(str(k) == '0' for k in shots): need = set()                     # no k > 0 asked for
     return {str(k) for k in shots} <= ks and need <= tuned
+
+def unmark(root: Path, key: str):
+    "Take the day `key` (`key_of`) off `root/restored.txt`: it is scored on this machine now."
+    if key in (ks := restored(root)):
+        (root / 'restored.txt').write_text(''.join(k + '\n' for k in sorted(ks - {key})))
+
+def stale_days(table: pd.DataFrame, root: Path) -> list[tuple]:
+    """The keys (`KEY` values) of the held-out days with a row whose run is in `root` but sealed other than
+    the row says (trained again since; an interrupted day keeps the earlier rows): to score again. Rows
+    without a seal (written before rows had one), or whose runs are not on this machine, are not checked."""
+    if not len(table) or 'seal' not in table: return []
+    t = table[table.seal.notna()]
+    now = {r: run_seal(root / r) if (root / r / SEAL).exists() else None for r in set(t.run)}
+    bad = t[[now[r] is not None and now[r] != s for r, s in zip(t.run, t.seal)]]
+    return list(dict.fromkeys(map(tuple, bad[KEY].values.tolist())))
 
 def run(draws=(0,), monkeys=('beignet', 'affi'), phases=PHASES, shots=SHOTS, modes=MODES, minutes: float = 10,
         pretrain_minutes: float = 10, steps: int = 200, runs_dir=None, out='reports',
@@ -209,6 +244,11 @@ def run(draws=(0,), monkeys=('beignet', 'affi'), phases=PHASES, shots=SHOTS, mod
               "scored there with every k and mode asked for are kept as scored", flush=True)
     table = with_extra(read_table(path)) if path.exists() else pd.DataFrame()
     kept = restored(root)
+    if stale := stale_days(table, root):
+        print(f"{len(stale)} held-out day(s) of {path} were scored on runs trained again since (an "
+              f"interrupted run?): their rows are dropped and the days scored again: {stale}", flush=True)
+        table = table[~keys_of(table, KEY).isin({key_of(s) for s in stale})]
+        kept -= {key_of(s) for s in stale}
     if command: log_command(root, command)
     for draw, monkey, phase in ((d, m, p) for d in draws for m in monkeys for p in phases):
         tag = f'draw{draw}' + (f'+{extra_days}' if extra_days else '')     # the data: a draw, its extra days
@@ -234,6 +274,7 @@ def run(draws=(0,), monkeys=('beignet', 'affi'), phases=PHASES, shots=SHOTS, mod
             new = pd.DataFrame([dict(key(day), **r) for r in rows])
             new['÷ all days'] = new.mse / new.mse.iloc[0]
             if len(table): table = table[~(table[KEY] == new[KEY].iloc[0]).all(axis=1)]
+            unmark(root, key_of(key(day).values()))        # scored here now, not restored
             table = pd.concat([table, new], ignore_index=True)
             root.mkdir(parents=True, exist_ok=True)
             table.to_csv(path, index=False)
@@ -265,7 +306,8 @@ def md_table(df: pd.DataFrame) -> str:
 # %% ../nbs/13a_adaptation.ipynb
 def figure(df: pd.DataFrame):
     """Test MSE against k per held-out day (panels): colour = test-time method, line = k-shot mode (solid:
-    every weight fine-tuned, dashed: the head only, dash-dot: registered, nothing trained), starting at k = 0;
+    every weight fine-tuned, dashed: the head only, dash-dot: registered, nothing trained,
+    dash-dot-dot: registered, then the head fine-tuned), starting at k = 0;
     the dotted black line is the all-days yardstick."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
@@ -274,7 +316,7 @@ def figure(df: pd.DataFrame):
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows + 0.8), squeeze=False)
     colour = {t: f'C{i}' for i, t in enumerate(TTA)}
-    style = {'all': '-', 'head': '--', 'register': '-.', '–': ''}
+    style = {'all': '-', 'head': '--', 'register': '-.', 'register+head': (0, (4, 1, 1, 1, 1, 1)), '–': ''}
     for ax, ((draw, monkey, phase, day), g) in zip(axes.flat, panels):
         k = g.k.astype(str)
         if (k == 'all days').any(): ax.axhline(g[k == 'all days'].mse.iloc[0], color='k', ls=':', lw=1.2)
@@ -285,14 +327,15 @@ def figure(df: pd.DataFrame):
                 ax.plot([ks.index('0')] * len(h), h.mse, 'o', color=colour[tta])
                 continue
             h = pd.concat([g[(g.k == '0') & (g.tta == tta)], h])
-            ax.plot(h.k.map(ks.index), h.mse, style[mode], marker='o', ms=3, color=colour[tta])
+            ax.plot(h.k.map(ks.index), h.mse, ls=style[mode], marker='o', ms=3, color=colour[tta])
         ax.set_xticks(range(len(ks)), ks)
         ax.set(xlabel='labelled trials of the held-out day (k)', ylabel='test MSE')
         ax.set_title(f"{monkey}, draw {draw}, {phase}:\n{day}", fontsize=9)      # two lines: no overlap
     for ax in axes.flat[len(panels):]: ax.axis('off')
     seen = set(df.tta)
     handles = [Line2D([], [], color=colour[t], marker='o', label=f'tta: {t}') for t in TTA if t in seen]
-    modes = [('all', 'fine-tune: all'), ('head', 'fine-tune: head'), ('register', 'register (no training)')]
+    modes = [('all', 'fine-tune: all'), ('head', 'fine-tune: head'), ('register', 'register (no training)'),
+             ('register+head', 'register, then fine-tune: head')]
     handles += [Line2D([], [], color='grey', ls=style[m], label=lab) for m, lab in modes
                 if m in set(df['mode'])]
     handles.append(Line2D([], [], color='k', ls=':', label='all days (yardstick)'))
@@ -384,28 +427,38 @@ def write_report(df: pd.DataFrame, out='reports', quick: bool = False, command: 
     return stem.with_suffix('.md')
 
 # %% ../nbs/13a_adaptation.ipynb
-def main(argv: list[str] | None = None):
+QUICK = dict(minutes=0.05, pretrain_minutes=0.05, steps=4)     # --quick's budgets, unless given
+FULL = dict(minutes=10.0, pretrain_minutes=10.0, steps=200)
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    "The command line's arguments, checked; budgets not given: `QUICK`'s with `--quick`, else `FULL`'s."
     p = argparse.ArgumentParser(prog='python -m neurofc.adaptation', description=__doc__)
     p.add_argument('--draws', type=int, nargs='+', default=[0])
     p.add_argument('--monkeys', nargs='+', default=['beignet', 'affi'])
     p.add_argument('--phases', nargs='+', default=list(PHASES))
     p.add_argument('--shots', nargs='+', default=[str(k) for k in SHOTS])
     p.add_argument('--modes', nargs='+', default=list(MODES))
-    p.add_argument('--minutes', type=float, default=10.0, help='training budget of each run (minutes)')
-    p.add_argument('--pretrain-minutes', type=float, default=10.0)
+    p.add_argument('--minutes', type=float, help='training budget of each run (minutes; 10, --quick: 0.05)')
+    p.add_argument('--pretrain-minutes', type=float, help='pretraining budget (minutes; 10, --quick: 0.05)')
     p.add_argument('--extra-days', type=int, default=0,
                    help='simulated later days added to each monkey (synthetic.add_days), held out in turn')
-    p.add_argument('--steps', type=int, default=200, help='optimisation steps of a k-shot fine-tune')
+    p.add_argument('--steps', type=int, help='optimisation steps of a k-shot fine-tune (200, --quick: 4)')
     p.add_argument('--runs', help='default: runs/adaptation (--quick: runs/adaptation-quick)')
     p.add_argument('--out', default='reports')
     p.add_argument('--device', default='auto')
-    p.add_argument('--quick', action='store_true')
+    p.add_argument('--quick', action='store_true', help='tiny models and budgets: a smoke run')
     a = p.parse_args(argv)
+    for k, v in (QUICK if a.quick else FULL).items():
+        if getattr(a, k) is None: setattr(a, k, v)
     for ph in a.phases:
         if ph not in PHASES: p.error(f"--phases: unknown phase {ph!r}; known: {list(PHASES)}")
     for m in a.modes:
         if m not in MODES: p.error(f"--modes: unknown mode {m!r}; known: {list(MODES)}")
     if a.extra_days < 0: p.error(f"--extra-days: expected >= 0, found {a.extra_days}")
+    return a
+
+def main(argv: list[str] | None = None):
+    a = parse(argv)
     cmd = ('python -m neurofc.adaptation ' + ' '.join(sys.argv[1:] if argv is None else argv)).strip()
     return run(a.draws, a.monkeys, a.phases, a.shots, a.modes, a.minutes, a.pretrain_minutes, a.steps, a.runs,
                a.out, a.device, a.quick, True, cmd, a.extra_days)
