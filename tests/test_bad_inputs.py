@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from neurofc.adaptation import parse as adaptation_parse
 from neurofc.cli import main
 from neurofc.config import phase_config
 from neurofc.data import get_monkey, load_monkey, load_npz, mask_future, save_npz, session_path
@@ -17,6 +19,7 @@ from neurofc.fixtures import synthetic_dir, tiny_config
 from neurofc.infer import Model
 from neurofc.submission import export_submission, run_ingestion
 from neurofc.runs import load_run
+from neurofc.stitch import StitchedAMAG
 from neurofc.train import train_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,6 +155,35 @@ def _model(w, x):
     with contextlib.redirect_stderr(io.StringIO()) as err:
         y = m.predict(x)
     return y, err.getvalue()
+
+
+def _amag(w, **cfg):
+    "Train a tiny AMAG with `cfg` on the data, into a folder of its own (a failed start may leave one there)."
+    with contextlib.redirect_stdout(io.StringIO()):
+        return train_seeds(tiny_config(**{'epochs': 1, 'train_limit': 8, **cfg}), w.data, 0,
+                           w.root / 'phase-runs', 'cpu', progress=False)
+
+
+def _stitched():
+    "A stitched model that knows one array, beignet's 89 channels."
+    return StitchedAMAG({'beignet': 89}, n_features=9, latents=4, hidden=8, heads=2, d_ff=16)
+
+
+def _foreign(w) -> Path:
+    "A checkpoint file whose one tensor matches no AMAG's."
+    p = w.root / 'ckpt' / 'foreign.pt'
+    p.parent.mkdir(exist_ok=True)
+    torch.save({'encoder.conv.weight': torch.zeros(3, 3)}, p)
+    return p
+
+
+def _adaptation(*argv):
+    "Run `python -m neurofc.adaptation ARGV`'s argument check; its error (exit 2) carries what it printed."
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        try:
+            adaptation_parse([str(a) for a in argv])
+        except SystemExit as e:
+            raise RuntimeError(err.getvalue()) from e
 
 
 def _masked_test(w, n=5):
@@ -459,6 +491,50 @@ CASES = [
         lambda w: lambda: _cli('export', '--beignet', _unsealed(w), '--out', w.root / 'subs' / 'y'),
         RuntimeError,
         ['is not a finished run: expected its seal.json, found none'],
+    ),
+    # --- across days and arrays: adapters, phase transitions, the adaptation benchmark
+    (
+        'stitched-unregistered-array',
+        lambda w: lambda: _stitched()(torch.zeros(2, 20, 239, 9), 'affi'),
+        ValueError,
+        ["No adapters for array 'affi' (an input of 239 channels): it was never registered; registered arrays: "
+         "{'beignet': 89}"],
+    ),
+    (
+        'stitched-wrong-channels',
+        lambda w: lambda: _stitched()(torch.zeros(2, 20, 80, 9), 'beignet'),
+        ValueError,
+        ["Array 'beignet' has 89 channels, the input 80"],
+    ),
+    (
+        'init-from-another-architecture',
+        lambda w: lambda: _amag(w, init_from=str(_foreign(w))),
+        ValueError,
+        ['foreign.pt: a checkpoint of another architecture: none of its 1 tensors matches this AMAG'],
+    ),
+    (
+        'init-from-missing',
+        lambda w: lambda: _amag(w, init_from=str(w.root / 'nosuch')),
+        FileNotFoundError,
+        [lambda w: f"init_from={str(w.root / 'nosuch')!r}: no such run directory or checkpoint file"],
+    ),
+    (
+        'freeze-unknown-part',
+        lambda w: lambda: _amag(w, freeze=('nosuch',), freeze_epochs=1),
+        ValueError,
+        ["freeze: ['nosuch'] is not a part of this AMAG with parameters; its parts: ["],
+    ),
+    (
+        'adaptation-unknown-mode',
+        lambda w: lambda: _adaptation('--modes', 'registr', '--out', w.root / 'user'),
+        RuntimeError,
+        ["--modes: unknown mode 'registr'; known: ['register', 'head', 'all', 'register+head']"],
+    ),
+    (
+        'adaptation-unknown-phase',
+        lambda w: lambda: _adaptation('--phases', 'paper', '--out', w.root / 'user'),
+        RuntimeError,
+        ["--phases: unknown phase 'paper'; known: ['compete', 'transfer']"],
     ),
     # --- the submission and its ingestion
     (
