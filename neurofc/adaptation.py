@@ -89,12 +89,12 @@ def mean_sessions(model: torch.nn.Module) -> torch.nn.Module:
             e.n = 1
     return m
 
-def mean_checkpoint(base: Path, path: Path) -> Path:
-    """`mean_sessions` of the run `base`'s first member, its weights saved at `path` (once; `base`
-    untouched): the start of a `register+head` fine-tune, whose one-day model loads the mean embedding."""
+def mean_checkpoint(model: torch.nn.Module, path: Path) -> Path:
+    """`mean_sessions(model)`'s weights saved at `path` (once; `model` untouched): the start of a
+    `register+head` fine-tune, whose one-day model loads the mean embedding."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save(mean_sessions(load_run(base).models[0]).state_dict(), path)
+        atomic_save(mean_sessions(model).state_dict(), path)
     return path
 
 def day_forecaster(f: Forecaster, day: str, trials: np.ndarray) -> Forecaster:
@@ -169,22 +169,24 @@ def day_rows(cfg: RunConfig, full: MonkeyData, day: str, test: dict, cell: Path,
     say(f"without {day}")
     lodo = load_monkey(data_dir, full.monkey, days=[k for k in full.keys if k != day])
     base = _train(cfg, lodo, cell / f'without-{day}' / f'{cfg.phase}-seed0', device, (pre, (day,)))
-    model = load_run(base).models[0]
+    fb = load_run(base)                                   # the run without the day, loaded once
+    model = fb.models[0]
     for k in shots:
         for mode in ([None] if k == 0 else [m for m in modes if m != 'head' or head_parts(model)]):
             d = f = base
             if k:
                 say(f"{day}: k={k} {mode}")
                 data = shot_data(full, day, k)
-            if k and mode == 'register': f = day_forecaster(load_run(base), day, data.train[day])
+            if k and mode == 'register': f = day_forecaster(fb, day, data.train[day])
             elif k:
-                src = base if mode != 'register+head' else mean_checkpoint(base, base.with_name(
+                src = base if mode != 'register+head' else mean_checkpoint(model, base.with_name(
                     f'{base.name}-mean-sessions-{run_seal(base)}.pt'))          # a new one if base is new
                 scfg = shot_config(cfg, src, model, mode, len(data.train[day]), steps)
                 d = f = _train(scfg, data, cell / f'without-{day}' / f'{cfg.phase}-k{k}-{mode}-seed0', device)
+            seal = run_seal(d)
             for t in TTA:
                 if 'steps' in TTA[t] and not reconstructs(model): continue
-                rows.append(dict(k=k, mode=mode or '–', tta=t, run=rel(d), seal=run_seal(d),
+                rows.append(dict(k=k, mode=mode or '–', tta=t, run=rel(d), seal=seal,
                                  **score_day(f, x, truth, t)))
     return rows
 
@@ -211,8 +213,8 @@ def kept_as_scored(table: pd.DataFrame, key: dict, kept: set[str], shots, modes)
     rows = table[(table[list(key)] == pd.Series(key)).all(axis=1)]
     ks = set(rows.k.astype(str))
     tuned = set(rows['mode'][~rows.k.astype(str).isin(['0', 'all days'])])
-    need = {m for m in modes if 'head' not in m or 'head' in tuned}
-    if all(str(k) == '0' for k in shots): need = set()                     # no k > 0 asked for
+    need = ({m for m in modes if 'head' not in m or 'head' in tuned}
+            if any(str(k) != '0' for k in shots) else set())                # modes only where k > 0
     return {str(k) for k in shots} <= ks and need <= tuned
 
 def unmark(root: Path, key: str):
@@ -314,7 +316,8 @@ def figure(df: pd.DataFrame):
     panels = list(labelled(df).groupby(['draw', 'monkey', 'phase', 'day']))   # sorted: not in run order
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
-    seen, modes = set(df.tta), [m for m in ('all', 'head', 'register', 'register+head') if m in set(df['mode'])]
+    seen, used = set(df.tta), set(df['mode'])
+    modes = [m for m in ('all', 'head', 'register', 'register+head') if m in used]
     n = len(seen) + len(modes) + 1                                  # the legend's entries
     ncol = min(n, max(2, round(4.4 * cols / 1.9)))                  # about 1.9 inches an entry
     foot = 0.3 + 0.22 * -(-n // ncol)                               # inches under the panels for the legend
