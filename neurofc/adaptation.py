@@ -27,15 +27,18 @@ from .accuracy import (
 from .synthetic import add_days, extra_keys, is_synthetic, synthetic_info, day_files
 
 # %% auto 0
-__all__ = ['SHOTS', 'MODES', 'TTA', 'PHASES', 'HEAD_PARTS', 'KEY', 'QUICK', 'FULL', 'check_shots', 'shot_data', 'head_parts',
-           'shot_config', 'mean_sessions', 'mean_checkpoint', 'day_forecaster', 'run_seal', 'score_day', 'days_tree',
-           'later_days', 'day_rows', 'with_extra', 'labelled', 'kept_as_scored', 'unmark', 'stale_days', 'run',
-           'md_table', 'figure', 'plot', 'totals', 'totals_table', 'write_report', 'parse', 'main']
+__all__ = ['SHOTS', 'MODES', 'MEMBERS', 'TTA', 'PHASES', 'HEAD_PARTS', 'KEY', 'QUICK', 'FULL', 'check_shots', 'needs_head',
+           'mode_plan', 'shot_data', 'head_parts', 'shot_config', 'mean_sessions', 'mean_checkpoint', 'day_forecaster',
+           'ensemble', 'run_seal', 'score_day', 'days_tree', 'later_days', 'day_rows', 'with_extra', 'labelled',
+           'kept_as_scored', 'unmark', 'stale_days', 'run', 'md_table', 'figure', 'plot', 'totals', 'totals_table',
+           'write_report', 'parse', 'main']
 
 # %% ../nbs/13a_adaptation.ipynb
 SHOTS = (0, 8, 32, 'all')               # labelled trials of the held-out day
-MODES = ('register', 'head', 'all', 'register+head')   # what k trials do: set the day's statistics (nothing
-    # trained); fine-tune its per-day parts, or everything; or register, then fine-tune the per-day parts
+MODES = ('register', 'head', 'all', 'register+head', 'ensemble')   # what k trials do: set the day's
+    # statistics (nothing trained); fine-tune its per-day parts, or everything; or register, then fine-tune
+    # the per-day parts; or average the forecasts of the per-day and the whole fine-tunes
+MEMBERS = ('head', 'all')               # the fine-tunes an `ensemble` averages
 TTA = {'none': (), 'stats': ('stats',), 'coral': ('coral',), 'stats+coral': ('stats', 'coral'),
        'stats+steps': ('stats', 'steps')}
 PHASES = ('compete', 'transfer')
@@ -49,6 +52,16 @@ def check_shots(shots) -> list:
         elif str(k).isdigit(): out.append(int(k))
         else: raise ValueError(f"shots: expected non-negative ints or 'all', found {k!r}")
     return out
+
+def needs_head(mode: str) -> bool:
+    "Whether k-shot `mode` fine-tunes a model's per-day parts (`HEAD_PARTS`), itself or in its ensemble."
+    return 'head' in mode or mode == 'ensemble'
+
+def mode_plan(modes) -> list[str]:
+    "`modes` in the order they are scored: `ensemble` last, after its `MEMBERS` (added where not asked for)."
+    plain = [m for m in modes if m != 'ensemble']
+    if 'ensemble' not in modes: return plain
+    return plain + [m for m in MEMBERS if m not in plain] + ['ensemble']
 
 # %% ../nbs/13a_adaptation.ipynb
 def shot_data(full: MonkeyData, day: str, k) -> MonkeyData:
@@ -67,7 +80,8 @@ def shot_config(cfg: RunConfig, base_dir: Path, model: torch.nn.Module, mode: st
                 steps: int = 200) -> RunConfig:
     """`cfg` fine-tuned from `base_dir` (a run, or `register+head`: its `mean_checkpoint`) on `n_train` trials
     for about `steps` steps (`mode`: MODES)."""
-    if mode not in MODES: raise ValueError(f"Unknown mode {mode!r}; known: {list(MODES)}")
+    tunes = [m for m in MODES if m not in ('register', 'ensemble')]
+    if mode not in tunes: raise ValueError(f"Unknown fine-tune {mode!r}; known: {tunes}")
     if 'head' in mode and not head_parts(model):
         raise ValueError(f"A head fine-tune trains {list(HEAD_PARTS)}: this {type(model).__name__} has none")
     epochs = max(1, round(steps / math.ceil(n_train / cfg.batch)))
@@ -106,6 +120,15 @@ def day_forecaster(f: Forecaster, day: str, trials: np.ndarray) -> Forecaster:
     router = SessionRouter([day], f.router.quantile, f.router.alpha).fit({day: trials})
     return Forecaster([mean_sessions(m) for m in f.models], {day: compute_stats(trials)}, router, f.device,
                       f.batch_size, f.use_session, f.norm, features=f.features)
+
+def ensemble(fs: list[Forecaster]) -> Forecaster:
+    """One forecaster of every member of `fs`, its forecast their mean (in normalised units, the same as in
+    raw ones): forecasters of runs fine-tuned on the same trials, whose statistics and router (the first's)
+    agree."""
+    a = fs[0]
+    feats = None if any(f.features is None for f in fs) else [x for f in fs for x in f.features]
+    return Forecaster([m for f in fs for m in f.models], a.stats, a.router, a.device, a.batch_size,
+                      a.use_session, a.norm, features=feats)
 
 # %% ../nbs/13a_adaptation.ipynb
 def run_seal(run: Path) -> str:
@@ -159,7 +182,7 @@ def day_rows(cfg: RunConfig, full: MonkeyData, day: str, test: dict, cell: Path,
              shots, modes, steps: int, device, say=print) -> list[dict]:
     """The rows of one held-out `day` (`test`: its `load_test_sets` entry): the all-days yardstick, the
     run without the day (k = 0), its registration and its k-shot fine-tunes, each with every test-time method
-    that applies."""
+    that applies. An `ensemble` row names its members' runs and seals, joined by ' + '."""
     x, truth = test['masked'], test['truth'][..., 0]
     root = cell.parents[2]
     rel = lambda d: str(d.relative_to(root))
@@ -171,22 +194,29 @@ def day_rows(cfg: RunConfig, full: MonkeyData, day: str, test: dict, cell: Path,
     base = _train(cfg, lodo, cell / f'without-{day}' / f'{cfg.phase}-seed0', device, (pre, (day,)))
     fb = load_run(base)                                   # the run without the day, loaded once
     model = fb.models[0]
+    plan = [m for m in mode_plan(modes) if not needs_head(m) or head_parts(model)]
     for k in shots:
-        for mode in ([None] if k == 0 else [m for m in modes if m != 'head' or head_parts(model)]):
+        made = {}                                               # a fine-tune's run, for the ensemble
+        for mode in ([None] if k == 0 else plan):
             d = f = base
             if k:
                 say(f"{day}: k={k} {mode}")
                 data = shot_data(full, day, k)
             if k and mode == 'register': f = day_forecaster(fb, day, data.train[day])
+            elif mode == 'ensemble':
+                d = [made[m] for m in MEMBERS]
+                f = ensemble([load_run(r) for r in d])
             elif k:
                 src = base if mode != 'register+head' else mean_checkpoint(model, base.with_name(
                     f'{base.name}-mean-sessions-{run_seal(base)}.pt'))          # a new one if base is new
                 scfg = shot_config(cfg, src, model, mode, len(data.train[day]), steps)
                 d = f = _train(scfg, data, cell / f'without-{day}' / f'{cfg.phase}-k{k}-{mode}-seed0', device)
-            seal = run_seal(d)
+            made[mode] = d
+            runs = d if isinstance(d, list) else [d]
+            seal, name = ' + '.join(map(run_seal, runs)), ' + '.join(map(rel, runs))
             for t in TTA:
                 if 'steps' in TTA[t] and not reconstructs(model): continue
-                rows.append(dict(k=k, mode=mode or '–', tta=t, run=rel(d), seal=seal,
+                rows.append(dict(k=k, mode=mode or '–', tta=t, run=name, seal=seal,
                                  **score_day(f, x, truth, t)))
     return rows
 
@@ -206,14 +236,15 @@ KEY = ['draw', 'extra_days', 'monkey', 'phase', 'day', 'minutes']
 
 def kept_as_scored(table: pd.DataFrame, key: dict, kept: set[str], shots, modes) -> bool:
     """Whether the held-out day `key` (`KEY`: value) was restored from a committed report (`kept`: the keys
-    `accuracy.restore` took) with every k of `shots` and, where k > 0, every mode asked for (`head` modes
-    where the day has `head` rows: a model without per-day parts has none): then it is kept as scored there.
+    `accuracy.restore` took) with every k of `shots` and, where k > 0, every mode asked for (`needs_head`
+    modes where the day has `head` rows: a model without per-day parts has none): then it is kept as scored
+    there.
     A day scored with fewer is trained again."""
     if not len(table) or key_of(key.values()) not in kept: return False
     rows = table[(table[list(key)] == pd.Series(key)).all(axis=1)]
     ks = set(rows.k.astype(str))
     tuned = set(rows['mode'][~rows.k.astype(str).isin(['0', 'all days'])])
-    need = ({m for m in modes if 'head' not in m or 'head' in tuned}
+    need = ({m for m in modes if not needs_head(m) or 'head' in tuned}
             if any(str(k) != '0' for k in shots) else set())                # modes only where k > 0
     return {str(k) for k in shots} <= ks and need <= tuned
 
@@ -225,11 +256,13 @@ def unmark(root: Path, key: str):
 def stale_days(table: pd.DataFrame, root: Path) -> list[tuple]:
     """The keys (`KEY` values) of the held-out days with a row whose run is in `root` but sealed other than
     the row says (trained again since; an interrupted day keeps the earlier rows): to score again. Rows
-    without a seal (written before rows had one), or whose runs are not on this machine, are not checked."""
+    without a seal (written before rows had one), or whose runs are not on this machine, are not checked; an
+    ensemble's row is checked run by run."""
     if not len(table) or 'seal' not in table: return []
     t = table[table.seal.notna()]
-    now = {r: run_seal(root / r) if (root / r / SEAL).exists() else None for r in set(t.run)}
-    bad = t[[now[r] is not None and now[r] != s for r, s in zip(t.run, t.seal)]]
+    pairs = [list(zip(r.split(' + '), s.split(' + '))) for r, s in zip(t.run, t.seal)]   # (run, its seal)
+    now = {r: run_seal(root / r) if (root / r / SEAL).exists() else None for p in pairs for r, _ in p}
+    bad = t[[any(now[r] is not None and now[r] != s for r, s in p) for p in pairs]]
     return list(dict.fromkeys(map(tuple, bad[KEY].values.tolist())))
 
 def run(draws=(0,), monkeys=('beignet', 'affi'), phases=PHASES, shots=SHOTS, modes=MODES, minutes: float = 10,
@@ -309,7 +342,8 @@ def md_table(df: pd.DataFrame) -> str:
 def figure(df: pd.DataFrame):
     """Test MSE against k per held-out day (panels): colour = test-time method, line = k-shot mode (solid:
     every weight fine-tuned, dashed: the head only, dash-dot: registered, nothing trained,
-    dash-dot-dot: registered, then the head fine-tuned), starting at k = 0;
+    dash-dot-dot: registered, then the head fine-tuned, long dashes: the mean of the head and all fine-tunes'
+    forecasts), starting at k = 0;
     the dotted black line is the all-days yardstick."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
@@ -317,13 +351,14 @@ def figure(df: pd.DataFrame):
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     seen, used = set(df.tta), set(df['mode'])
-    modes = [m for m in ('all', 'head', 'register', 'register+head') if m in used]
+    modes = [m for m in ('all', 'head', 'register', 'register+head', 'ensemble') if m in used]
     n = len(seen) + len(modes) + 1                                  # the legend's entries
     ncol = min(n, max(2, round(4.4 * cols / 1.9)))                  # about 1.9 inches an entry
     foot = 0.3 + 0.22 * -(-n // ncol)                               # inches under the panels for the legend
     fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows + foot), squeeze=False)
     colour = {t: f'C{i}' for i, t in enumerate(TTA)}
-    style = {'all': '-', 'head': '--', 'register': '-.', 'register+head': (0, (4, 1, 1, 1, 1, 1)), '–': ''}
+    style = {'all': '-', 'head': '--', 'register': '-.', 'register+head': (0, (4, 1, 1, 1, 1, 1)),
+             'ensemble': (0, (9, 3)), '–': ''}
     for ax, ((draw, monkey, phase, day), g) in zip(axes.flat, panels):
         k = g.k.astype(str)
         if (k == 'all days').any(): ax.axhline(g[k == 'all days'].mse.iloc[0], color='k', ls=':', lw=1.2)
@@ -341,7 +376,7 @@ def figure(df: pd.DataFrame):
     for ax in axes.flat[len(panels):]: ax.axis('off')
     handles = [Line2D([], [], color=colour[t], marker='o', label=f'tta: {t}') for t in TTA if t in seen]
     label = {'all': 'fine-tune: all', 'head': 'fine-tune: head', 'register': 'register (no training)',
-             'register+head': 'register, then fine-tune: head'}
+             'register+head': 'register, then fine-tune: head', 'ensemble': 'mean of head and all'}
     handles += [Line2D([], [], color='grey', ls=style[m], label=label[m]) for m in modes]
     handles.append(Line2D([], [], color='k', ls=':', label='all days (yardstick)'))
     fig.legend(handles=handles, loc='lower center', ncol=ncol, fontsize=8, frameon=False)
@@ -409,7 +444,9 @@ def write_report(df: pd.DataFrame, out='reports', quick: bool = False, command: 
         "trained on every day, the yardstick); `k-shot`: `register` sets the day's statistics from the k "
         "trials and trains nothing, `head` fine-tunes the session embedding or adapters only, `all` every "
         "weight, `register+head` registers the day and then fine-tunes as `head` does, the day's embedding "
-        "row starting as the mean one; test-time methods: `none`, `stats` (the file's context statistics), "
+        "row starting as the mean one, `ensemble` forecasts the mean of the `head` and `all` fine-tunes' "
+        "forecasts (equal weights, fixed beforehand); test-time methods: `none`, `stats` (the file's context "
+        "statistics), "
         "`coral` (encoder features aligned to the training trials'), `stats+coral`, `stats+steps` (and "
         "self-supervised steps; stitched models only). A draw `d + n sim. days` is draw d's data with n "
         "more later days per monkey from the simulator (`synthetic.add_days`, keys `<monkey>_sim-day<j>`), "

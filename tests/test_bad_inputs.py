@@ -528,7 +528,7 @@ CASES = [
         'adaptation-unknown-mode',
         lambda w: lambda: _adaptation('--modes', 'registr', '--out', w.root / 'user'),
         RuntimeError,
-        ["--modes: unknown mode 'registr'; known: ['register', 'head', 'all', 'register+head']"],
+        ["--modes: unknown mode 'registr'; known: ['register', 'head', 'all', 'register+head', 'ensemble']"],
     ),
     (
         'adaptation-unknown-phase',
