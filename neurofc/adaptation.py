@@ -353,12 +353,12 @@ def figure(df: pd.DataFrame):
     seen, used = set(df.tta), set(df['mode'])
     modes = [m for m in ('all', 'head', 'register', 'register+head', 'ensemble') if m in used]
     n = len(seen) + len(modes) + 1                                  # the legend's entries
-    ncol = min(n, max(2, round(4.4 * cols / 1.9)))                  # about 1.9 inches an entry
+    ncol = min(n, max(2, round(4.4 * cols / 2.1)))                  # about 2.1 inches an entry
     foot = 0.3 + 0.22 * -(-n // ncol)                               # inches under the panels for the legend
     fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows + foot), squeeze=False)
     colour = {t: f'C{i}' for i, t in enumerate(TTA)}
     style = {'all': '-', 'head': '--', 'register': '-.', 'register+head': (0, (4, 1, 1, 1, 1, 1)),
-             'ensemble': (0, (9, 3)), '–': ''}
+             'ensemble': (0, (6, 2.5)), '–': ''}
     for ax, ((draw, monkey, phase, day), g) in zip(axes.flat, panels):
         k = g.k.astype(str)
         if (k == 'all days').any(): ax.axhline(g[k == 'all days'].mse.iloc[0], color='k', ls=':', lw=1.2)
@@ -379,7 +379,8 @@ def figure(df: pd.DataFrame):
              'register+head': 'register, then fine-tune: head', 'ensemble': 'mean of head and all'}
     handles += [Line2D([], [], color='grey', ls=style[m], label=label[m]) for m in modes]
     handles.append(Line2D([], [], color='k', ls=':', label='all days (yardstick)'))
-    fig.legend(handles=handles, loc='lower center', ncol=ncol, fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc='lower center', ncol=ncol, fontsize=8, frameon=False,
+               handlelength=3.2)                     # long enough to tell the dashes apart
     fig.tight_layout(rect=(0, foot / (3.4 * rows + foot), 1, 1))
     plt.close(fig)
     return fig
