@@ -44,13 +44,14 @@ TTA = {'none': (), 'stats': ('stats',), 'coral': ('coral',), 'stats+coral': ('st
 PHASES = ('compete', 'transfer')
 HEAD_PARTS = ('session', 'adapters')    # a model's per-day (or per-array) parts
 
-def check_shots(shots) -> list:
-    "`shots` as ints and 'all' (text such as '8' is read as a number); anything else is an error naming it."
+def check_shots(shots, name: str = 'shots') -> list:
+    """`shots` as ints and 'all' (text such as '8' is read as a number); anything else is an error naming it
+    and the parameter (`name`)."""
     out = []
     for k in shots:
         if k == 'all': out.append(k)
         elif str(k).isdigit(): out.append(int(k))
-        else: raise ValueError(f"shots: expected non-negative ints or 'all', found {k!r}")
+        else: raise ValueError(f"{name}: expected non-negative ints or 'all', found {k!r}")
     return out
 
 def needs_head(mode: str) -> bool:
@@ -498,6 +499,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         if ph not in PHASES: p.error(f"--phases: unknown phase {ph!r}; known: {list(PHASES)}")
     for m in a.modes:
         if m not in MODES: p.error(f"--modes: unknown mode {m!r}; known: {list(MODES)}")
+    try: a.shots = check_shots(a.shots, '--shots')
+    except ValueError as e: p.error(str(e))
     if a.extra_days < 0: p.error(f"--extra-days: expected >= 0, found {a.extra_days}")
     return a
 

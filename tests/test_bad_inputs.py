@@ -531,6 +531,12 @@ CASES = [
         ["--modes: unknown mode 'registr'; known: ['register', 'head', 'all', 'register+head', 'ensemble']"],
     ),
     (
+        'adaptation-bad-shots',
+        lambda w: lambda: _adaptation('--shots', '0', 'x', '--out', w.root / 'user'),
+        RuntimeError,
+        ["--shots: expected non-negative ints or 'all', found 'x'"],
+    ),
+    (
         'adaptation-unknown-phase',
         lambda w: lambda: _adaptation('--phases', 'paper', '--out', w.root / 'user'),
         RuntimeError,
