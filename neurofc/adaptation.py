@@ -27,11 +27,11 @@ from .accuracy import (
 from .synthetic import add_days, extra_keys, is_synthetic, synthetic_info, day_files
 
 # %% auto 0
-__all__ = ['SHOTS', 'MODES', 'MEMBERS', 'TTA', 'PHASES', 'HEAD_PARTS', 'KEY', 'QUICK', 'FULL', 'check_shots', 'needs_head',
-           'mode_plan', 'shot_data', 'head_parts', 'shot_config', 'mean_sessions', 'mean_checkpoint', 'day_forecaster',
-           'ensemble', 'run_seal', 'score_day', 'days_tree', 'later_days', 'day_rows', 'with_extra', 'labelled',
-           'kept_as_scored', 'unmark', 'stale_days', 'run', 'md_table', 'figure', 'plot', 'totals', 'totals_table',
-           'write_report', 'parse', 'main']
+__all__ = ['SHOTS', 'MODES', 'MEMBERS', 'JOIN', 'TTA', 'PHASES', 'HEAD_PARTS', 'KEY', 'QUICK', 'FULL', 'check_shots',
+           'needs_head', 'mode_plan', 'shot_data', 'head_parts', 'shot_config', 'mean_sessions', 'mean_checkpoint',
+           'day_forecaster', 'ensemble', 'run_seal', 'score_day', 'days_tree', 'later_days', 'day_rows', 'with_extra',
+           'labelled', 'kept_as_scored', 'unmark', 'stale_days', 'run', 'md_table', 'figure', 'plot', 'totals',
+           'totals_table', 'write_report', 'parse', 'main']
 
 # %% ../nbs/13a_adaptation.ipynb
 SHOTS = (0, 8, 32, 'all')               # labelled trials of the held-out day
@@ -39,6 +39,7 @@ MODES = ('register', 'head', 'all', 'register+head', 'ensemble')   # what k tria
     # statistics (nothing trained); fine-tune its per-day parts, or everything; or register, then fine-tune
     # the per-day parts; or average the forecasts of the per-day and the whole fine-tunes
 MEMBERS = ('head', 'all')               # the fine-tunes an `ensemble` averages
+JOIN = ' + '                            # joins an `ensemble` row's members' runs and seals
 TTA = {'none': (), 'stats': ('stats',), 'coral': ('coral',), 'stats+coral': ('stats', 'coral'),
        'stats+steps': ('stats', 'steps')}
 PHASES = ('compete', 'transfer')
@@ -183,7 +184,7 @@ def day_rows(cfg: RunConfig, full: MonkeyData, day: str, test: dict, cell: Path,
              shots, modes, steps: int, device, say=print) -> list[dict]:
     """The rows of one held-out `day` (`test`: its `load_test_sets` entry): the all-days yardstick, the
     run without the day (k = 0), its registration and its k-shot fine-tunes, each with every test-time method
-    that applies. An `ensemble` row names its members' runs and seals, joined by ' + '."""
+    that applies. An `ensemble` row names its members' runs and seals, joined by `JOIN`."""
     x, truth = test['masked'], test['truth'][..., 0]
     root = cell.parents[2]
     rel = lambda d: str(d.relative_to(root))
@@ -214,7 +215,7 @@ def day_rows(cfg: RunConfig, full: MonkeyData, day: str, test: dict, cell: Path,
                 d = f = _train(scfg, data, cell / f'without-{day}' / f'{cfg.phase}-k{k}-{mode}-seed0', device)
             made[mode] = d
             runs = d if isinstance(d, list) else [d]
-            seal, name = ' + '.join(map(run_seal, runs)), ' + '.join(map(rel, runs))
+            seal, name = JOIN.join(map(run_seal, runs)), JOIN.join(map(rel, runs))
             for t in TTA:
                 if 'steps' in TTA[t] and not reconstructs(model): continue
                 rows.append(dict(k=k, mode=mode or '–', tta=t, run=name, seal=seal,
@@ -261,7 +262,7 @@ def stale_days(table: pd.DataFrame, root: Path) -> list[tuple]:
     ensemble's row is checked run by run."""
     if not len(table) or 'seal' not in table: return []
     t = table[table.seal.notna()]
-    pairs = [list(zip(r.split(' + '), s.split(' + '))) for r, s in zip(t.run, t.seal)]   # (run, its seal)
+    pairs = [list(zip(r.split(JOIN), s.split(JOIN))) for r, s in zip(t.run, t.seal)]   # (run, its seal)
     now = {r: run_seal(root / r) if (root / r / SEAL).exists() else None for p in pairs for r, _ in p}
     bad = t[[any(now[r] is not None and now[r] != s for r, s in p) for p in pairs]]
     return list(dict.fromkeys(map(tuple, bad[KEY].values.tolist())))
@@ -448,11 +449,10 @@ def write_report(df: pd.DataFrame, out='reports', quick: bool = False, command: 
         "weight, `register+head` registers the day and then fine-tunes as `head` does, the day's embedding "
         "row starting as the mean one, `ensemble` forecasts the mean of the `head` and `all` fine-tunes' "
         "forecasts (equal weights, fixed beforehand); test-time methods: `none`, `stats` (the file's context "
-        "statistics), "
-        "`coral` (encoder features aligned to the training trials'), `stats+coral`, `stats+steps` (and "
-        "self-supervised steps; stitched models only). A draw `d + n sim. days` is draw d's data with n "
-        "more later days per monkey from the simulator (`synthetic.add_days`, keys `<monkey>_sim-day<j>`), "
-        "held out in turn like the challenge's.",
+        "statistics), `coral` (encoder features aligned to the training trials'), `stats+coral`, "
+        "`stats+steps` (and self-supervised steps; stitched models only). A draw `d + n sim. days` is draw "
+        "d's data with n more later days per monkey from the simulator (`synthetic.add_days`, keys "
+        "`<monkey>_sim-day<j>`), held out in turn like the challenge's.",
         '',
         md_table(df),
         '',
@@ -481,8 +481,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--draws', type=int, nargs='+', default=[0])
     p.add_argument('--monkeys', nargs='+', default=['beignet', 'affi'])
     p.add_argument('--phases', nargs='+', default=list(PHASES))
-    p.add_argument('--shots', nargs='+', default=[str(k) for k in SHOTS])
-    p.add_argument('--modes', nargs='+', default=list(MODES))
+    p.add_argument('--shots', nargs='+', default=[str(k) for k in SHOTS],
+                   help="labelled trials of the held-out day: ints >= 0 or 'all' (default: 0 8 32 all)")
+    p.add_argument('--modes', nargs='+', default=list(MODES),
+                   help=f"what k > 0 trials do: {', '.join(MODES)} (default: all of them)")
     p.add_argument('--minutes', type=float, help='training budget of each run (minutes; 10, --quick: 0.05)')
     p.add_argument('--pretrain-minutes', type=float, help='pretraining budget (minutes; 10, --quick: 0.05)')
     p.add_argument('--extra-days', type=int, default=0,
