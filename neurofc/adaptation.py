@@ -482,7 +482,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--monkeys', nargs='+', default=['beignet', 'affi'])
     p.add_argument('--phases', nargs='+', default=list(PHASES))
     p.add_argument('--shots', nargs='+', default=[str(k) for k in SHOTS],
-                   help="labelled trials of the held-out day: ints >= 0 or 'all' (default: 0 8 32 all)")
+                   help=f"labelled trials of the held-out day: ints >= 0 or 'all' "
+                        f"(default: {' '.join(map(str, SHOTS))})")
     p.add_argument('--modes', nargs='+', default=list(MODES),
                    help=f"what k > 0 trials do: {', '.join(MODES)} (default: all of them)")
     p.add_argument('--minutes', type=float, help='training budget of each run (minutes; 10, --quick: 0.05)')
