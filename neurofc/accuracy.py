@@ -21,7 +21,7 @@ from .train import fit, score_sessions, final_config, with_pretrained
 from .evaluate import evaluate, load_test_sets
 
 # %% auto 0
-__all__ = ['MODELS', 'ABLATIONS', 'BUDGETS', 'DRAWS', 'MONKEYS', 'CLOSED_FORM', 'BASELINES', 'KEY', 'REPORT_FILES',
+__all__ = ['MODELS', 'OWN', 'ABLATIONS', 'BUDGETS', 'DRAWS', 'MONKEYS', 'CLOSED_FORM', 'BASELINES', 'KEY', 'REPORT_FILES',
            'split_ensemble', 'split_final', 'phase_model', 'accuracy_config', 'draw_data', 'cell_dir', 'time_to',
            'preset_changes', 'score_cell', 'trial_counts', 'code_dir', 'code_of', 'log_command', 'commands',
            'read_table', 'curves', 'history', 'key_of', 'keys_of', 'restored', 'restore', 'runs_of', 'write_commands',
@@ -29,6 +29,7 @@ __all__ = ['MODELS', 'ABLATIONS', 'BUDGETS', 'DRAWS', 'MONKEYS', 'CLOSED_FORM', 
 
 # %% ../nbs/13_accuracy.ipynb
 MODELS = ('persistence', 'ridge', 'gru', 'paper', 'reference', 'compete', 'transfer')
+OWN = ('<own>',)            # pretrain_monkeys of a row: the fine-tuned monkey alone
 # ablation rows: a phase with one lever switched back, measured beside the phase itself
 ABLATIONS = {
     'paper-as-published': ('paper', dict(adj_mean=False, residual=False)),
@@ -58,6 +59,8 @@ ABLATIONS = {
     'transfer-val1': ('transfer', dict(val_every=1)),
     # a shared latent graph of 128 nodes, not 64 (pretrained anew): affi's 239 electrodes squeezed less
     'transfer-latents128': ('transfer', dict(latents=128)),
+    # pretrained (as long) on the fine-tuned monkey's own days alone: what the other array adds
+    'transfer-own-pretrain': ('transfer', dict(pretrain_monkeys=OWN)),
 }
 BUDGETS = (2, 10, 30)       # minutes of training (and validation) per model
 DRAWS = (0, 1)              # independent simulator draws (their seeds)
@@ -105,6 +108,7 @@ def accuracy_config(name: str, monkey: str, budget: float, quick: bool = False) 
     """The configuration of one cell: `name`'s preset for `monkey`, stopped after `budget` minutes (closed
     forms: none)."""
     phase, model, changes = phase_model(name)
+    if changes.get('pretrain_monkeys') == OWN: changes['pretrain_monkeys'] = (monkey,)
     cfg = phase_config(
         phase, monkey, quick=quick, model=model, **({'train_limit': 32} if quick else {}), **changes
     )
@@ -342,9 +346,9 @@ def run(models=MODELS, monkeys=MONKEYS, draws=DRAWS, budgets=BUDGETS, runs_dir=N
         if split not in loaded:  # once per draw and monkey: one split for all
             loaded[split] = load_monkey(data_dir, monkey, *split[2:])
             trials[split] = trial_counts(loaded[split], data_dir)
-        if cfg.pretrain:                                    # pretrained once per draw, on both arrays
-            for m in MONKEYS: draw_data(draw, m)
-            cfg = cfg.replace(pretrain_monkeys=MONKEYS)
+        if cfg.pretrain:                        # pretrained once per draw, on both arrays unless the row says
+            cfg = cfg.replace(pretrain_monkeys=cfg.pretrain_monkeys or MONKEYS)
+            for m in cfg.pretrain_monkeys: draw_data(draw, m)
             pre = root / f'draw{draw}' / f'pretrain-{cfg.pretrain_minutes:g}min'
             with contextlib.redirect_stdout(io.StringIO()):
                 cfg = with_pretrained(cfg, loaded[split], dirs[0], device, False, pre)
